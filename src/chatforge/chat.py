@@ -1,0 +1,243 @@
+"""The chat API: a model, its template and its engine, with the signatures ChatGLM3 users know.
+
+``ChatModel.chat`` / ``stream_chat`` take and return history as ``{role, content}``
+dicts and accept ``past_key_values`` / ``return_past_key_values`` to carry the KV cache
+across turns. ``ChatSession`` does that bookkeeping for you. ``ChatModel.generate`` is
+the message-level call the agent loop and the server build on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatforge.engines.base import Engine, GenerationStats, KVState, SamplingParams
+from chatforge.messages import INTERPRETER, Message, Role, from_history, to_history, tools_of
+from chatforge.templates import Template, get_template
+
+
+@dataclass
+class ReplyEvent:
+    """One step of a streamed reply: visible ``delta`` text; ``message`` and ``stats`` at the end."""
+
+    delta: str = ""
+    message: Message | None = None
+    stats: GenerationStats | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.message is not None
+
+
+def sampling_params(
+    template: Template,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
+    prompt_tokens: int = 0,
+    stop: list[str] | str | None = None,
+    **kwargs: Any,
+) -> SamplingParams:
+    """Sampling parameters with the template's stop markers added."""
+    if max_new_tokens is None:
+        max_new_tokens = max(1, max_length - prompt_tokens) if max_length else 512
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    known = {k: v for k, v in kwargs.items() if k in SamplingParams.__dataclass_fields__ and v is not None}
+    unknown = set(kwargs) - set(SamplingParams.__dataclass_fields__) - {"num_beams", "logits_processor"}
+    if unknown:
+        raise TypeError(f"unknown generation argument(s): {', '.join(sorted(unknown))}")
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        stop=[*template.stop_strings, *stops],
+        stop_token_ids=template.stop_token_ids,
+        **known,
+    )
+
+
+class ChatModel:
+    """A chat model ready to talk: ``chat``, ``stream_chat``, ``session`` and ``generate``."""
+
+    def __init__(self, engine: Engine, template: Template, name: str = "model", model: Any = None) -> None:
+        self.engine = engine
+        self.template = template
+        self.name = name
+        self.model = model  # the underlying torch module, when there is one
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    # -- message level ----------------------------------------------------------
+    def generate(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        state: KVState | None = None,
+        cancel: threading.Event | None = None,
+        **params: Any,
+    ) -> Iterator[ReplyEvent]:
+        """Stream the assistant's reply to ``messages``; the last event holds the parsed message."""
+        tools = tools or tools_of(messages)
+        prompt = self.template.render(messages, tools, add_generation_prompt=True).ids
+        sp = params.pop("sampling", None) or sampling_params(
+            self.template, prompt_tokens=len(prompt), **params
+        )
+        parser = self.template.stream_parser(tools)
+        stats = None
+        ids: list[int] = []
+        for chunk in self.engine.stream(prompt, sp, state=state, cancel=cancel):
+            ids += chunk.token_ids
+            if chunk.text:
+                delta = parser.feed(chunk.text)
+                if delta:
+                    yield ReplyEvent(delta=delta)
+            if chunk.stats is not None:
+                stats = chunk.stats
+        rest, message = parser.finish()
+        if (
+            not message.tool_calls
+            and message.content == parser.text
+            and self.tokenizer.decode(ids, skip_special_tokens=False) == message.content
+        ):
+            message.token_ids = ids
+        yield ReplyEvent(delta=rest, message=message, stats=stats)
+
+    def reply(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None, **params: Any
+    ) -> tuple[Message, GenerationStats]:
+        event = _last(self.generate(messages, tools, **params))
+        assert event.message is not None and event.stats is not None
+        return event.message, event.stats
+
+    # -- ChatGLM3-style API -----------------------------------------------------
+    def stream_chat(
+        self,
+        query: str,
+        history: list[dict[str, Any]] | None = None,
+        role: str = "user",
+        past_key_values: KVState | None = None,
+        return_past_key_values: bool = False,
+        **params: Any,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Yield ``(response, history)`` (plus the KV state when asked) as the reply grows.
+
+        ``response`` is text, or for a tool call ``{"name", "parameters"}``, or for code
+        ``{"name": "interpreter", "content": code}``. ``history`` is a new list.
+        """
+        messages = from_history(history)
+        messages.append(Message(Role.parse(role), query))
+        state = (
+            past_key_values
+            if past_key_values is not None
+            else (self.engine.new_state() if return_past_key_values else None)
+        )
+        text = ""
+        for event in self.generate(messages, state=state, **params):
+            text += event.delta
+            if event.message is None:
+                out: tuple[Any, ...] = (text, to_history([*messages, Message(Role.ASSISTANT, text)]))
+            else:
+                out = (_response(event.message), to_history([*messages, event.message]))
+            yield (*out, state) if return_past_key_values else out
+
+    def chat(
+        self,
+        query: str,
+        history: list[dict[str, Any]] | None = None,
+        role: str = "user",
+        past_key_values: KVState | None = None,
+        return_past_key_values: bool = False,
+        **params: Any,
+    ) -> tuple[Any, ...]:
+        """``(response, history)`` for one turn (plus the KV state when asked)."""
+        return _last(
+            self.stream_chat(query, history, role, past_key_values, return_past_key_values, **params)
+        )
+
+    def session(self, system: str | None = None, tools: list[dict[str, Any]] | None = None) -> ChatSession:
+        return ChatSession(self, system=system, tools=tools)
+
+
+def _last(items: Iterator[Any]) -> Any:
+    """The last item of a stream, after running it to the end."""
+    return deque(items, maxlen=1).pop()
+
+
+def _response(message: Message) -> Any:
+    if message.tool_calls:
+        call = message.tool_calls[0]
+        return {"name": call.name, "parameters": call.arguments}
+    if message.metadata == INTERPRETER:
+        return {"name": INTERPRETER, "content": message.content}
+    return message.content
+
+
+@dataclass
+class ChatSession:
+    """A conversation that keeps its history and its KV cache, so turn N computes only new tokens."""
+
+    model: ChatModel
+    system: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    messages: list[Message] = field(default_factory=list)
+    last_stats: GenerationStats | None = None
+
+    def __post_init__(self) -> None:
+        self.state = self.model.engine.new_state()
+        if self.system is not None or self.tools:
+            self.messages.insert(0, Message(Role.SYSTEM, self.system or "", tools=self.tools))
+
+    def stream(self, content: str, role: str = "user", **params: Any) -> Iterator[ReplyEvent]:
+        self.messages.append(Message(Role.parse(role), content))
+        for event in self.model.generate(self.messages, self.tools, state=self.state, **params):
+            if event.message is not None:
+                self.messages.append(event.message)
+                self.last_stats = event.stats
+            yield event
+
+    def send(self, content: str, role: str = "user", **params: Any) -> Message:
+        event = _last(self.stream(content, role, **params))
+        assert event.message is not None
+        return event.message
+
+    def set_system(self, text: str) -> None:
+        if self.messages and self.messages[0].role is Role.SYSTEM:
+            self.messages[0].content = text
+        else:
+            self.messages.insert(0, Message(Role.SYSTEM, text, tools=self.tools))
+        self.system = text
+
+    def clear(self) -> None:
+        keep = self.messages[:1] if self.messages and self.messages[0].role is Role.SYSTEM else []
+        self.messages = keep
+        self.state.reset()
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return to_history(self.messages)
+
+
+def load_model(
+    ref: str | Path = "default",
+    *,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    template: str = "auto",
+    adapter: str | Path | None = None,
+    context_length: int | None = None,
+) -> ChatModel:
+    """Load a chat model: ``"default"`` (embedded), a local Hugging Face directory, a ``.gguf``
+    file or a ChatGLM checkpoint directory; optionally with a PEFT adapter."""
+    from chatforge.engines.hf import TransformersEngine
+    from chatforge.models.loader import attach_adapter, load_weights, resolve
+
+    source = resolve(ref)
+    model, tokenizer = load_weights(source, device=device, dtype=dtype)
+    if adapter is not None:
+        model = attach_adapter(model, adapter)
+    engine = TransformersEngine(model, tokenizer, context_length=context_length)
+    return ChatModel(engine, get_template(template, tokenizer), name=source.name, model=model)

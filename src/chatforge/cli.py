@@ -1,0 +1,210 @@
+"""The ``chatforge`` command: ``chat``, ``serve``, ``model``, and the commands later layers add.
+
+Each command is a small function over parsed arguments; sub-packages register their
+own commands through ``COMMANDS`` so this module stays a thin entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("chatforge")
+
+# name -> "module:function" that adds the subcommand to the parser. Modules are
+# imported lazily so that `chatforge --help` stays fast.
+COMMANDS: dict[str, str] = {
+    "chat": "chatforge.cli:add_chat_command",
+    "model": "chatforge.cli:add_model_command",
+}
+OPTIONAL_COMMANDS: dict[str, str] = {
+    "serve": "chatforge.serve.cli:add_serve_command",
+    "convert": "chatforge.models.chatglm:add_convert_command",
+    "train": "chatforge.train.cli:add_train_command",
+    "eval": "chatforge.train.cli:add_eval_command",
+    "export": "chatforge.train.cli:add_export_command",
+    "data": "chatforge.train.cli:add_data_command",
+    "bench": "chatforge.bench:add_bench_command",
+}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model", default="default", help="'default' (embedded), a model directory or a .gguf file"
+    )
+    g.add_argument("--adapter", default=None, help="a LoRA/AdaLoRA/P-Tuning v2 adapter directory to attach")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    g.add_argument("--template", default="auto", help="auto, hf, chatml, chatglm3 or react (default: auto)")
+    g.add_argument("--context-length", type=int, default=None, help="limit the context window (tokens)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-p", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--seed", type=int, default=None)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "do_sample": args.temperature > 0,
+    }
+
+
+def load_from_args(args: argparse.Namespace) -> Any:
+    from chatforge.chat import load_model
+
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        template=args.template,
+        adapter=args.adapter,
+        context_length=args.context_length,
+    )
+
+
+# -- chat ---------------------------------------------------------------------
+CHAT_HELP = (
+    "Commands: 'clear' empties the history, '/system <text>' sets the system prompt, 'stop' or Ctrl-D exits."
+)
+
+
+def add_chat_command(sub: Any) -> None:
+    p = sub.add_parser("chat", help="interactive chat in the terminal", description=CHAT_HELP)
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--mode", choices=["chat", "tools", "code"], default="chat", help="chat, tools or code")
+    p.add_argument(
+        "--tools", action="append", default=[], metavar="MODULE:ATTR", help="load tools (repeatable)"
+    )
+    p.set_defaults(handler=run_chat)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    model = load_from_args(args)
+    params = sampling_kwargs(args)
+    if args.mode != "chat" or args.tools:
+        from chatforge.agent.cli import run_agent_chat
+
+        return run_agent_chat(model, args, params)
+    session = model.session(system=args.system)
+    print(f"chatforge · {model.name} · {CHAT_HELP}", flush=True)
+    while True:
+        try:
+            line = input("\nUser: ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "stop":
+            return 0
+        if text == "clear":
+            session.clear()
+            print("(history cleared)")
+            continue
+        if text.startswith("/system"):
+            session.set_system(text[len("/system") :].strip())
+            session.state.reset()
+            print("(system prompt set)")
+            continue
+        print("\nAssistant: ", end="", flush=True)
+        try:
+            for event in session.stream(text, **params):
+                if event.delta:
+                    print(event.delta, end="", flush=True)
+                if event.message is not None and event.message.tool_calls:
+                    for call in event.message.tool_calls:
+                        print(f"[tool call] {call.name}({call.arguments_json()})", end="", flush=True)
+        except KeyboardInterrupt:
+            print("\n(interrupted)")
+        print(flush=True)
+
+
+# -- model --------------------------------------------------------------------
+def add_model_command(sub: Any) -> None:
+    p = sub.add_parser("model", help="manage the embedded default model")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    fetch = msub.add_parser("fetch", help="assemble, verify and convert the embedded default model (once)")
+    fetch.set_defaults(handler=run_model_fetch)
+    info = msub.add_parser("path", help="print where the embedded default model is cached")
+    info.set_defaults(handler=run_model_path)
+
+
+def run_model_fetch(args: argparse.Namespace) -> int:
+    from chatforge.models.embedded import DEFAULT, assemble_gguf, ensure_hf_dir
+
+    gguf = assemble_gguf(DEFAULT)
+    hf_dir = ensure_hf_dir(DEFAULT)
+    print(f"default model ready: {hf_dir} (GGUF: {gguf})")
+    return 0
+
+
+def run_model_path(args: argparse.Namespace) -> int:
+    from chatforge.models.embedded import model_dir
+
+    print(model_dir())
+    return 0
+
+
+# -- entry point --------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatforge", description="Run, extend and fine-tune a local chat LLM."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for target in COMMANDS.values():
+        _resolve(target)(sub)
+    for target in OPTIONAL_COMMANDS.values():
+        module = target.partition(":")[0]
+        try:
+            add = _resolve(target)
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):
+                continue  # that layer is not part of this build
+            raise
+        add(sub)
+    return parser
+
+
+def _resolve(target: str) -> Callable[[Any], None]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        # Errors meant for the user carry their own explanation; no traceback needed.
+        log.debug("command failed", exc_info=True)
+        print(f"chatforge: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

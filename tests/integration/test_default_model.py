@@ -1,0 +1,57 @@
+"""The real embedded default model, greedy decoding. Marked ``integration``: run by
+``make test``; skip with ``-m 'not integration'`` for a fast loop."""
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+GREEDY = dict(do_sample=False, max_new_tokens=48)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city_name": {"type": "string", "description": "The name of the city"}},
+            "required": ["city_name"],
+        },
+    },
+}
+
+
+def has_chinese(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def test_chinese_question_gets_a_chinese_answer(default_model):
+    response, history = default_model.chat("你好，请介绍一下你自己", history=[], **GREEDY)
+    assert has_chinese(response), response
+    assert history[-1] == {"role": "assistant", "content": response, "metadata": ""}
+
+
+def test_two_turn_memory_and_kv_reuse(default_model):
+    session = default_model.session()
+    session.send("我叫小明", **GREEDY)
+    first = session.last_stats
+    turn1_ids = default_model.template.render(session.messages[:1]).ids
+    reply = session.send("我叫什么名字？", **GREEDY)
+    second = session.last_stats
+    assert "小明" in reply.content, reply.content
+    turn2_ids = default_model.template.render(session.messages[:3]).ids
+    # Turn 2 reuses turn 1's prompt and reply (all but the last sampled token) and
+    # computes only what was added since.
+    assert first.computed_tokens == len(turn1_ids)
+    assert second.reused_tokens == len(turn1_ids) + first.completion_tokens - 1
+    assert second.computed_tokens == len(turn2_ids) - second.reused_tokens
+
+
+def test_weather_question_becomes_a_tool_call_dict(default_model):
+    history = [{"role": "system", "content": "You are a helpful assistant.", "tools": [WEATHER_TOOL]}]
+    response, history = default_model.chat(
+        "What's the weather like in Beijing today?", history=history, **GREEDY
+    )
+    assert isinstance(response, dict), response
+    assert response["name"] == "get_weather"
+    assert "beijing" in response["parameters"]["city_name"].lower()
+    assert history[-1]["metadata"] == "get_weather"

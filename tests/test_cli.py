@@ -1,0 +1,58 @@
+"""The `chatforge` command, run as a user runs it (a real process, stdin and stdout)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def chatforge(*args, stdin=""):
+    return subprocess.run(
+        [sys.executable, "-m", "chatforge.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_chat_streams_and_understands_its_commands(tiny_dir):
+    result = chatforge(
+        "chat",
+        "--model",
+        str(tiny_dir),
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        stdin="Hello\n/system Be brief.\nclear\n你好\nstop\nnever read\n",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("Assistant: ") == 2
+    assert "(system prompt set)" in out and "(history cleared)" in out
+
+
+def test_chat_exits_on_end_of_input(tiny_dir):
+    result = chatforge("chat", "--model", str(tiny_dir), "--max-new-tokens", "3", stdin="Hello\n")
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_model_is_a_clear_error():
+    result = chatforge("chat", "--model", "Qwen/Qwen2.5-7B-Instruct")
+    assert result.returncode == 2
+    assert "looks like a model-hub id" in result.stderr and "never downloads" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_the_commands():
+    result = chatforge("--help")
+    assert result.returncode == 0 and "chat" in result.stdout and "model" in result.stdout
