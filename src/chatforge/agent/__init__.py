@@ -1,0 +1,63 @@
+"""The agent layer: tools the model can call, the sandboxed code interpreter (and, next, the agent loop).
+
+Public names are re-exported here; see `tools`, `builtin_tools`, `interpreter` and
+`sandbox` for what each module owns.
+"""
+
+from .builtin_tools import builtin_tools
+from .interpreter import (
+    CodeInterpreter,
+    ErrorOutput,
+    ExecutionResult,
+    FileInfo,
+    ImageOutput,
+    InterpreterConfig,
+    InterpreterError,
+    InterpreterSession,
+    KernelStartError,
+    NoticeOutput,
+    Output,
+    StreamOutput,
+    TextOutput,
+)
+from .sandbox import KernelLimits
+from .tools import (
+    Tool,
+    ToolArgumentError,
+    ToolDefinitionError,
+    ToolNotExecutableError,
+    ToolRegistry,
+    ToolResult,
+    default_registry,
+    register_tool,
+    tool,
+)
+
+__all__ = [
+    # tools
+    "Tool",
+    "ToolArgumentError",
+    "ToolDefinitionError",
+    "ToolNotExecutableError",
+    "ToolRegistry",
+    "ToolResult",
+    "builtin_tools",
+    "default_registry",
+    "register_tool",
+    "tool",
+    # code interpreter
+    "CodeInterpreter",
+    "ErrorOutput",
+    "ExecutionResult",
+    "FileInfo",
+    "ImageOutput",
+    "InterpreterConfig",
+    "InterpreterError",
+    "InterpreterSession",
+    "KernelLimits",
+    "KernelStartError",
+    "NoticeOutput",
+    "Output",
+    "StreamOutput",
+    "TextOutput",
+]
