@@ -233,11 +233,11 @@ def load_model(
     """Load a chat model: ``"default"`` (embedded), a local Hugging Face directory, a ``.gguf``
     file or a ChatGLM checkpoint directory; optionally with a PEFT adapter."""
     from chatforge.engines.hf import TransformersEngine
-    from chatforge.models.loader import attach_adapter, load_weights, resolve
+    from chatforge.models.loader import attach_adapter, load_weights, prepare_adapter, resolve
 
     source = resolve(ref)
     model, tokenizer = load_weights(source, device=device, dtype=dtype)
     if adapter is not None:
-        model = attach_adapter(model, adapter)
+        model = attach_adapter(model, prepare_adapter(adapter, source))
     engine = TransformersEngine(model, tokenizer, context_length=context_length)
     return ChatModel(engine, get_template(template, tokenizer), name=source.name, model=model)

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return int(args.handler(args) or 0)
+        handler = getattr(args, "handler", None) or args.func
+        return int(handler(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         # Errors meant for the user carry their own explanation; no traceback needed.
         log.debug("command failed", exc_info=True)

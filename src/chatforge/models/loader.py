@@ -4,6 +4,7 @@ from a model hub."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -101,6 +102,26 @@ def load_weights(
     model = model.to(dev).eval()
     log.info("loaded %s in %.1f s", source.name, time.perf_counter() - started)
     return model, tokenizer
+
+
+def prepare_adapter(adapter: str | Path, source: ModelSource) -> Path:
+    """The adapter directory to attach; one trained on the original ChatGLM layout is mapped
+    (once, cached) onto the converted model's module names."""
+    path = Path(adapter).expanduser()
+    if source.kind != "chatglm":
+        return path
+    from chatforge.models.chatglm import convert_chatglm_adapter, convert_chatglm_ptuning, is_chatglm_layout_adapter
+    from chatforge.models.embedded import cache_dir
+
+    if not is_chatglm_layout_adapter(path):
+        return path
+    stamp = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "converted-adapters" / f"{path.name}-{stamp}"
+    if not (target / "adapter_config.json").exists():
+        convert = convert_chatglm_adapter if (path / "adapter_config.json").exists() else convert_chatglm_ptuning
+        log.info("mapping ChatGLM-layout adapter %s onto the converted model", path)
+        convert(path, target, source.path)
+    return target
 
 
 def attach_adapter(model: Any, adapter: str | Path) -> Any:
