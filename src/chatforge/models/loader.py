@@ -110,7 +110,11 @@ def prepare_adapter(adapter: str | Path, source: ModelSource) -> Path:
     path = Path(adapter).expanduser()
     if source.kind != "chatglm":
         return path
-    from chatforge.models.chatglm import convert_chatglm_adapter, convert_chatglm_ptuning, is_chatglm_layout_adapter
+    from chatforge.models.chatglm import (
+        convert_chatglm_adapter,
+        convert_chatglm_ptuning,
+        is_chatglm_layout_adapter,
+    )
     from chatforge.models.embedded import cache_dir
 
     if not is_chatglm_layout_adapter(path):
