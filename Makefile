@@ -15,14 +15,22 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# llama-cpp-python (the llama.cpp engine) builds from source, about 4 minutes on 2 cores.
+# On CPUs with AMX, llama.cpp's AMX matrix path segfaults on the first decode (MODELS.md):
+# there it is built without AMX (every AMX CPU has the AVX-512 set named here); elsewhere
+# with the default native build. --no-cache-dir: never reuse a wheel built with other flags.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := $(shell grep -qs amx_tile /proc/cpuinfo && echo "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[default-model]"
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet --no-cache-dir "$(LLAMA_CPP)"
+	$(PIP) install --quiet -e ".[default-model,llama]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[default-model,test]"
+	$(PIP) install --quiet -e ".[default-model,llama,test]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -8,6 +8,7 @@
 from chatforge.chat import ChatModel, ChatSession, ReplyEvent, load_model
 from chatforge.engines.base import GenerationStats, KVState, SamplingParams
 from chatforge.messages import Message, Role, ToolCall
+from chatforge.notebook import load_ipython_extension, unload_ipython_extension  # noqa: F401  (%load_ext chatforge)
 
 __version__ = "0.1.0"
 

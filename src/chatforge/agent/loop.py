@@ -1,0 +1,267 @@
+"""The agent loop: generate, execute what the model asked for, feed the result back,
+until the model answers.
+
+Three modes, as in ChatGLM3's demo: ``chat`` (no tools), ``tools`` (registered tools,
+called by name with validated arguments) and ``code`` (Python run in a sandboxed Jupyter
+kernel). Every failure on the execution side, whether an unknown tool, bad arguments,
+an exception, a timeout or a crash in the kernel, goes back to the model as an
+observation it can react to; the loop itself only stops at an answer or the round limit.
+
+Results return in the model's own format, through its template: an ``observation``
+turn for ChatGLM3, a ``tool`` message (``<tool_response>``) for Qwen-style templates,
+``Observation:`` for ReAct. Interpreter output is wrapped as a ``result`` block, images
+shown as ``[Image]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from chatforge.agent.interpreter import CodeInterpreter, ExecutionResult, ImageOutput, InterpreterSession
+from chatforge.agent.tools import Tool, ToolRegistry, ToolResult
+from chatforge.chat import ChatModel
+from chatforge.messages import INTERPRETER, Message, Role, ToolCall, from_history
+
+log = logging.getLogger(__name__)
+
+MODES = ("chat", "tools", "code")
+CODE_TOOL_NAMES = ("python", "code_interpreter", "run_python", "execute_python")
+_PYTHON_BLOCK = re.compile(r"```(?:python|py|python3)[ \t]*\n(.*?)(?:\n```|$)", re.S)
+
+CODE_SYSTEM_PROMPT = (
+    "You are a helpful assistant with a Python code interpreter (a Jupyter kernel). "
+    "To run code, write it in one ```python block and stop; its output comes back to you. "
+    "Plots made with matplotlib are shown to the user. Files are read and written in the "
+    "current working directory. When you have what you need, answer the user in plain text."
+)
+TOOLS_SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help to answer."
+
+
+class EventKind(StrEnum):
+    TEXT = "text"  # a piece of the reply, as it streams
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    CODE = "code"  # code about to run
+    OUTPUT = "output"  # text the code printed or returned
+    IMAGE = "image"  # a PNG the code displayed
+    FINAL = "final"  # the answer; the loop is over
+
+
+@dataclass
+class AgentEvent:
+    kind: EventKind
+    text: str = ""
+    call: ToolCall | None = None
+    result: ToolResult | None = None
+    image: bytes | None = None
+    execution: ExecutionResult | None = None
+    message: Message | None = None
+
+
+@dataclass
+class AgentResult:
+    answer: str
+    messages: list[Message]
+    events: list[AgentEvent] = field(default_factory=list)
+    rounds: int = 0
+    stopped_by_limit: bool = False
+
+    @property
+    def images(self) -> list[bytes]:
+        return [e.image for e in self.events if e.kind is EventKind.IMAGE and e.image]
+
+
+def as_registry(
+    tools: Iterable[Tool | Callable[..., Any] | dict[str, Any]] | ToolRegistry | None,
+) -> ToolRegistry:
+    """A registry from tools, plain functions, raw JSON Schemas or a registry."""
+    if isinstance(tools, ToolRegistry):
+        return tools
+    registry = ToolRegistry()
+    for item in tools or ():
+        if isinstance(item, dict):
+            registry.register(Tool.from_schema(item))
+        else:
+            registry.register(item)
+    return registry
+
+
+class Agent:
+    """Alternates generation and execution until the model answers.
+
+    ``mode="tools"`` offers ``tools``; ``mode="code"`` runs ```python blocks (or the
+    ChatGLM3 ``interpreter`` turn) in ``interpreter``'s session ``session_id``, created on
+    demand. ``max_rounds`` bounds the generations per query. Generation parameters
+    (temperature, max_new_tokens, ...) pass through to :meth:`ChatModel.generate`.
+    """
+
+    def __init__(
+        self,
+        model: ChatModel,
+        tools: Iterable[Tool | Callable[..., Any] | dict[str, Any]] | ToolRegistry | None = None,
+        mode: str = "tools",
+        *,
+        system: str | None = None,
+        interpreter: CodeInterpreter | None = None,
+        session_id: str = "default",
+        max_rounds: int = 6,
+        parallel_tools: bool = True,
+        **params: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if max_rounds < 1:
+            raise ValueError("max_rounds must be at least 1")
+        self.model = model
+        self.mode = mode
+        self.registry = as_registry(tools if mode != "chat" else None)
+        self.max_rounds = max_rounds
+        self.parallel_tools = parallel_tools
+        self.params = params
+        self._own_interpreter = interpreter is None and mode == "code"
+        self.interpreter = (
+            interpreter if interpreter is not None else (CodeInterpreter() if mode == "code" else None)
+        )
+        self.session_id = session_id
+        default_system = {"chat": None, "tools": TOOLS_SYSTEM_PROMPT, "code": CODE_SYSTEM_PROMPT}[mode]
+        self.messages: list[Message] = []
+        system = system if system is not None else default_system
+        if system is not None:
+            self.messages.append(Message(Role.SYSTEM, system))
+        self.state = model.engine.new_state()
+        self.rounds = 0
+        self._files_changed = False
+
+    # -- public -------------------------------------------------------------------
+    @property
+    def code_session(self) -> InterpreterSession:
+        if self.interpreter is None:
+            raise RuntimeError("this agent has no code interpreter (mode='code' creates one)")
+        return self.interpreter.session(self.session_id)
+
+    def upload(self, name: str, data: bytes | str) -> None:
+        """Put a file in the code session's working directory; the model is told about it."""
+        self.code_session.upload(name, data)
+        self._files_changed = True  # the file list goes with the next user turn
+
+    def run(self, query: str, **params: Any) -> AgentResult:
+        events = list(self.stream(query, **params))
+        final = events[-1]
+        return AgentResult(
+            answer=final.text,
+            messages=list(self.messages),
+            events=events,
+            rounds=self.rounds,
+            stopped_by_limit=final.message is None,
+        )
+
+    def stream(self, query: str | None = None, role: str = "user", **params: Any) -> Iterator[AgentEvent]:
+        """Events for one query, ending with a ``FINAL`` event."""
+        if query is not None:
+            self.messages.append(Message(Role.parse(role), self._with_files(query)))
+        params = {**self.params, **params}
+        tools = self.registry.schemas() if self.mode == "tools" and len(self.registry) else None
+        for self.rounds in range(1, self.max_rounds + 1):
+            reply: Message | None = None
+            for event in self.model.generate(self.messages, tools, state=self.state, **params):
+                if event.delta:
+                    yield AgentEvent(EventKind.TEXT, text=event.delta)
+                if event.message is not None:
+                    reply = event.message
+            assert reply is not None
+            self.messages.append(reply)
+            if reply.tool_calls and self.mode != "chat":
+                code_calls = [c for c in reply.tool_calls if self.mode == "code" and _is_code_call(c)]
+                if code_calls:
+                    yield from self._run_code(
+                        str(code_calls[0].arguments.get("code", "")), call=code_calls[0]
+                    )
+                    continue
+                yield from self._run_tools(reply.tool_calls)
+                continue
+            code = self._code_in(reply)
+            if code is not None:
+                yield from self._run_code(code)
+                continue
+            yield AgentEvent(EventKind.FINAL, text=reply.content, message=reply)
+            return
+        note = f"(stopped after {self.max_rounds} rounds without a final answer)"
+        yield AgentEvent(EventKind.FINAL, text=note)
+
+    def close(self) -> None:
+        if self._own_interpreter and self.interpreter is not None:
+            self.interpreter.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- steps --------------------------------------------------------------------
+    def _with_files(self, query: str) -> str:
+        if not self._files_changed:
+            return query
+        self._files_changed = False
+        return f"{query}\n\n{self.code_session.describe_files()}"
+
+    def _code_in(self, reply: Message) -> str | None:
+        if self.mode != "code":
+            return None
+        if reply.metadata == INTERPRETER:
+            return reply.content
+        match = _PYTHON_BLOCK.search(reply.content)
+        return match.group(1) if match else None
+
+    def _run_tools(self, calls: list[ToolCall]) -> Iterator[AgentEvent]:
+        for call in calls:
+            yield AgentEvent(EventKind.TOOL_CALL, call=call)
+        safe = all((t := self.registry.get(c.name)) is not None and t.concurrent_safe for c in calls)
+        if self.parallel_tools and safe and len(calls) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(calls), 8)) as pool:
+                results = list(pool.map(self._invoke, calls))
+        else:
+            results = [self._invoke(c) for c in calls]
+        for call, result in zip(calls, results, strict=True):
+            yield AgentEvent(EventKind.TOOL_RESULT, text=result.content, call=call, result=result)
+            self.messages.append(self.model.template.observation_message(result.content, call.name, call.id))
+
+    def _invoke(self, call: ToolCall) -> ToolResult:
+        tool = self.registry.get(call.name)
+        if tool is not None and not tool.executable:
+            return ToolResult(
+                call.name, f"tool {call.name!r} has no implementation in this agent", is_error=True
+            )
+        return self.registry.invoke(call.name, call.arguments)
+
+    def _run_code(self, code: str, call: ToolCall | None = None) -> Iterator[AgentEvent]:
+        yield AgentEvent(EventKind.CODE, text=code)
+        result = self.code_session.execute(code)
+        for item in result.outputs:
+            if isinstance(item, ImageOutput):
+                yield AgentEvent(EventKind.IMAGE, image=item.png)
+        text = result.text or "(no output)"
+        yield AgentEvent(EventKind.OUTPUT, text=text, execution=result)
+        content = f"```result\n{text}\n```"
+        self.messages.append(
+            self.model.template.observation_message(
+                content, call.name if call else INTERPRETER, call.id if call else None
+            )
+        )
+
+
+def _is_code_call(call: ToolCall) -> bool:
+    return call.name in CODE_TOOL_NAMES and isinstance(call.arguments.get("code"), str)
+
+
+def agent_from_history(model: ChatModel, history: list[dict[str, Any]], **kwargs: Any) -> Agent:
+    """An agent that continues a conversation given in ChatGLM3 history form."""
+    agent = Agent(model, **kwargs)
+    agent.messages = from_history(history)
+    return agent

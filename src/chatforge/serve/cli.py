@@ -1,0 +1,89 @@
+"""``chatforge serve``: load a model (optionally with an adapter) and run the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "CHATFORGE_API_KEY"
+
+
+def add_serve_command(sub: Any) -> None:
+    from chatforge.cli import add_model_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server and web UI",
+        description="Serve a model over an OpenAI-compatible API (/v1/chat/completions, ...) "
+        "with a web UI at /.",
+    )
+    add_model_arguments(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument(
+        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})"
+    )
+    g.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
+    g.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls (repeatable, * for any)"
+    )
+    g.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond this get 503 (default: 16)")
+    g.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    g.add_argument("--max-tokens", type=int, default=None, help="default max_tokens when a request gives none")
+    g.add_argument("--no-ui", action="store_true", help="do not serve the web UI at /")
+    p.set_defaults(handler=run_serve)
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from chatforge.serve.settings import ServeSettings
+
+    if args.max_queue < 1:
+        raise ValueError("--max-queue must be at least 1")
+    if args.request_timeout <= 0:
+        raise ValueError("--request-timeout must be positive")
+    return ServeSettings(
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        model_id=args.served_model_name,
+        cors_origins=list(args.cors_origin),
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        default_max_tokens=args.max_tokens,
+        ui=not args.no_ui,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chatforge.cli import load_from_args
+    from chatforge.serve.app import create_app
+
+    settings = settings_from_args(args)
+    if not settings.api_key and not _is_loopback(args.host):
+        log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
+    model = load_from_args(args)
+    app = create_app(model, settings)
+    log.info(
+        "serving %s on http://%s:%d (API key %s)",
+        settings.model_id or model.name,
+        args.host,
+        args.port,
+        "required" if settings.api_key else "not required",
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,184 @@
+"""From an OpenAI chat request to what chatforge generates: messages, tools, parameters,
+and the checks ``tool_choice`` and ``response_format`` ask for.
+
+What is honest here, and documented in docs/serving.md: a local model cannot be
+*constrained* to call a tool or to write JSON, so ``tool_choice="required"`` / a named
+function and ``response_format`` add an instruction to the system prompt, check the
+reply, and if it does not comply ask once more (the failed reply and a short correction
+are added to the conversation). If the second reply fails too, it is returned as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from chatforge.messages import Message, Role, from_openai, normalize_tool_schema
+from chatforge.serve.errors import APIError
+from chatforge.serve.protocol import ChatCompletionRequest, NamedToolChoice, _Sampling
+
+_FENCED_JSON = re.compile(r"```(?:json)?\s*\n(.*?)\n\s*```", re.S)
+
+
+@dataclass
+class ChatPlan:
+    messages: list[Message]
+    tools: list[dict[str, Any]] | None
+    params: dict[str, Any]
+    force_tool: str | None = None  # "*" for any tool, else the function name
+    json_schema: dict[str, Any] | None = None
+    json_mode: bool = False
+    parallel_tool_calls: bool = True
+    n: int = 1
+    extra_instructions: list[str] = field(default_factory=list)
+
+    @property
+    def buffered(self) -> bool:
+        """Replies that must be checked before anyone sees them (then maybe asked again)."""
+        return self.force_tool is not None or self.json_mode
+
+
+def sampling_kwargs(req: _Sampling, max_tokens: int | None, context_length: int) -> dict[str, Any]:
+    """ChatModel.generate keyword arguments from the OpenAI sampling fields."""
+    params: dict[str, Any] = {}
+    if req.temperature is not None:
+        params["temperature"] = req.temperature
+        params["do_sample"] = req.temperature > 0
+    for name in ("top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed"):
+        value = getattr(req, name)
+        if value is not None:
+            params[name] = value
+    if req.stop is not None:
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+        if len(stops) > 4 or not all(stops):
+            raise APIError(400, "stop: up to 4 non-empty strings", param="stop", code="invalid_value")
+        params["stop"] = stops
+    if max_tokens is not None:
+        params["max_new_tokens"] = max_tokens
+    else:
+        params["max_length"] = context_length  # the rest of the context window
+    return params
+
+
+def build_plan(req: ChatCompletionRequest, context_length: int, default_max_tokens: int | None) -> ChatPlan:
+    messages = from_openai(req.messages)
+    max_tokens = req.max_completion_tokens or req.max_tokens or default_max_tokens
+    plan = ChatPlan(
+        messages=messages,
+        tools=None,
+        params=sampling_kwargs(req, max_tokens, context_length),
+        parallel_tool_calls=req.parallel_tool_calls,
+        n=req.n,
+    )
+    choice = req.tool_choice
+    if req.tools and choice != "none":
+        tools = [normalize_tool_schema(t.model_dump(exclude_none=True)) for t in req.tools]
+        if isinstance(choice, NamedToolChoice):
+            tools = [t for t in tools if t["function"]["name"] == choice.function.name]
+            if not tools:
+                raise APIError(
+                    400,
+                    f"tool_choice.function.name: {choice.function.name!r} is not one of the tools given",
+                    param="tool_choice",
+                    code="invalid_value",
+                )
+            plan.force_tool = choice.function.name
+            plan.extra_instructions.append(
+                f"In this reply you must call the function `{choice.function.name}`."
+            )
+        elif choice == "required":
+            plan.force_tool = "*"
+            plan.extra_instructions.append("In this reply you must call one of the functions.")
+        plan.tools = tools
+    elif isinstance(choice, NamedToolChoice) or choice == "required":
+        raise APIError(400, "tool_choice: requires tools", param="tool_choice", code="invalid_value")
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        plan.json_mode = True
+        if fmt.type == "json_schema":
+            if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+                raise APIError(
+                    400,
+                    "response_format.json_schema.schema: required for type json_schema",
+                    param="response_format",
+                    code="invalid_value",
+                )
+            plan.json_schema = fmt.json_schema.schema_
+            plan.extra_instructions.append(
+                "Reply with one JSON object that follows this JSON schema, and nothing else: "
+                + json.dumps(plan.json_schema, ensure_ascii=False)
+            )
+        else:
+            plan.extra_instructions.append("Reply with one valid JSON object and nothing else.")
+    if plan.extra_instructions:
+        plan.messages = with_instructions(plan.messages, " ".join(plan.extra_instructions))
+    return plan
+
+
+def with_instructions(messages: list[Message], text: str) -> list[Message]:
+    """The conversation with ``text`` added to its system message (one is made if needed)."""
+    out = [m.copy() for m in messages]
+    if out and out[0].role is Role.SYSTEM:
+        out[0].content = f"{out[0].content}\n\n{text}" if out[0].content else text
+    else:
+        out.insert(0, Message(Role.SYSTEM, text))
+    return out
+
+
+def complies(plan: ChatPlan, message: Message) -> str | None:
+    """Why ``message`` does not do what the request asked (None when it does)."""
+    if plan.force_tool is not None:
+        if not message.tool_calls:
+            return "The reply did not call a function."
+        if plan.force_tool != "*" and message.tool_calls[0].name != plan.force_tool:
+            return f"The reply did not call `{plan.force_tool}`."
+    if plan.json_mode and not message.tool_calls:
+        data = extract_json(message.content)
+        if data is None:
+            return "The reply was not one valid JSON object."
+        if plan.json_schema is not None:
+            try:
+                jsonschema.validate(data, plan.json_schema)
+            except jsonschema.ValidationError as err:
+                return f"The JSON does not follow the schema: {err.message}."
+    return None
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object a reply holds: the whole text, or a fenced ```json block in it."""
+    candidates = [text.strip()] + [m.group(1) for m in _FENCED_JSON.finditer(text)]
+    for candidate in candidates:
+        try:
+            data = json.loads(candidate)
+        except (json.JSONDecodeError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def normalise_json_reply(plan: ChatPlan, message: Message) -> None:
+    """In JSON mode, a reply that wrapped its object in a code fence is returned as the bare object."""
+    if plan.json_mode and not message.tool_calls:
+        data = extract_json(message.content)
+        if data is not None and message.content.strip() != "" and _not_bare(message.content):
+            message.content = json.dumps(data, ensure_ascii=False)
+
+
+def _not_bare(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return True
+    return False
+
+
+def correction(plan: ChatPlan, reply: Message, reason: str) -> list[Message]:
+    """The conversation asking once more after a reply that did not comply."""
+    ask = f"{reason} {' '.join(plan.extra_instructions)}"
+    return [*plan.messages, Message(Role.ASSISTANT, reply.content, tool_calls=list(reply.tool_calls)),
+            Message(Role.USER, ask)]

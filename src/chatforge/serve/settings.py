@@ -1,0 +1,27 @@
+"""Server settings: one dataclass, filled from the command line (``chatforge serve``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeSettings:
+    """How the server behaves; every field has a ``--flag`` of the same name."""
+
+    api_key: str | None = None
+    """Required as ``Authorization: Bearer <key>`` on every route but /health and the UI page."""
+    model_id: str | None = None
+    """The id /v1/models reports (default: the model's name). ``"default"`` is always accepted too."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Origins allowed to call the API from a browser (``*`` for any)."""
+    max_queue: int = 16
+    """Requests waiting for the engine beyond this get 503 (with Retry-After)."""
+    request_timeout: float = 300.0
+    """Seconds a request may wait and generate before it is cancelled."""
+    workers: int = 1
+    """Generation threads; engines are single-stream today, so more only helps batching engines."""
+    default_max_tokens: int | None = None
+    """max_tokens when a request gives none (None: the rest of the context window)."""
+    ui: bool = True
+    """Serve the web UI at ``/``."""

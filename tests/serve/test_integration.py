@@ -1,0 +1,30 @@
+"""The real embedded default model behind the server, through the openai client."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import KEY, start, wait_ready
+
+
+@pytest.mark.integration
+def test_default_model_chat_completion(tmp_path):
+    from chatforge.models.embedded import EmbeddedModelError, ensure_hf_dir
+
+    try:
+        ensure_hf_dir()
+    except (EmbeddedModelError, TypeError) as err:
+        pytest.skip(f"embedded default model not installed: {err}")
+    import openai
+
+    proc, url = start("default", tmp_path / "server.log", "--dtype", "bfloat16")
+    try:
+        wait_ready(proc, url, tmp_path / "server.log", timeout=300)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        out = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "What is 2+3? Answer with a number."}],
+            max_tokens=16, temperature=0,
+        )
+        assert "5" in out.choices[0].message.content
+    finally:
+        proc.terminate()
+        proc.wait(30)
