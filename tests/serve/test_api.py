@@ -7,7 +7,7 @@ import json
 import httpx
 import openai
 import pytest
-from conftest import KEY
+from serve_support import KEY
 
 from chatforge.chat import load_model
 from chatforge.messages import Message, Role

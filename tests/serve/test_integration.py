@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import KEY, start, wait_ready
+from serve_support import KEY, start, wait_ready
 
 
 @pytest.mark.integration

@@ -8,7 +8,7 @@ import re
 import threading
 
 import httpx
-from conftest import KEY
+from serve_support import KEY
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

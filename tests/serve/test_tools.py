@@ -1,4 +1,4 @@
-"""Tool calls, whole and streamed, against the scripted tiny model (see models.py): the
+"""Tool calls, whole and streamed, against the scripted tiny model (see serve_models.py): the
 model really generates ``<tool_call>{...}</tool_call>`` and the server parses it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from models import TOOL, TOOL_ARGUMENTS, expected_arguments_json
+from serve_models import TOOL, TOOL_ARGUMENTS, expected_arguments_json
 
 ASK = [{"role": "user", "content": "What is the weather in Beijing?"}]
 
@@ -88,7 +88,7 @@ def test_parallel_tool_calls_false_keeps_one(tool_server):
 
 def test_langchain_chat_openai(chat_server, tool_server):
     pytest.importorskip("langchain_openai")
-    from conftest import KEY
+    from serve_support import KEY
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool as lc_tool
     from langchain_openai import ChatOpenAI

@@ -1,13 +1,28 @@
 """The web UI in a real browser (Debian's chromium driven by Playwright): Chat mode streams
-an answer from the server. Screenshot: test-artifacts/serve-ui-chat.png."""
+an answer; Tool mode shows the scripted model's tool call and its result as steps; Code
+mode uploads a file, runs the scripted model's plotting code and shows the plot inline.
+Screenshots: test-artifacts/serve-ui-chat.png, serve-ui-code.png. The UI's agent routes
+(/ui/agent's SSE events, /ui/upload, /ui/clear) are tested over HTTP, and the server-side
+sessions (LRU, expiry, retry) in-process with a scripted engine.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import KEY, ROOT
+from serve_support import KEY, ROOT
+from scripted import scripted_model
+
+from chatforge.serve.ui import AgentOptions, AgentSessions, AgentTurn, _run_turn
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -19,7 +34,8 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         yield b
         b.close()
@@ -44,3 +60,140 @@ def test_chat_mode_streams_an_answer(browser, chat_server):
     page.screenshot(path=str(out / "serve-ui-chat.png"), full_page=True)
     page.click("#clear")
     assert page.locator(".msg").count() == 0
+
+
+def open_page(browser, server, mode: str):
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-name:not(:empty)")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.select_option("#mode", mode)
+    page.fill("#max_rounds", "1")  # the scripted models repeat themselves: one round is the whole story
+    return page
+
+
+def test_tool_mode_shows_calls_and_results_as_steps(browser, tool_server):
+    page = open_page(browser, tool_server, "tools")
+    assert page.locator("#agent-row").is_visible() and not page.locator("#upload-row").is_visible()
+    page.fill("#input", "Weather in Beijing?")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done=true]", timeout=20000)
+    step = page.locator(".msg.assistant details.step.tool")
+    assert step.count() == 1
+    assert "get_weather · done" in step.locator("summary").inner_text()
+    step.locator("summary").click()
+    assert "Sunny, 21 degrees celsius in Beijing" in step.inner_text()
+    assert '"city_name": "Beijing"' in step.inner_text()
+    page.click("#retry")  # retried on the server too: the same single step again
+    page.wait_for_selector(".msg.assistant[data-done=true]", timeout=20000)
+    assert page.locator(".msg.user").count() == 1 and page.locator("details.step.tool").count() == 1
+    page.close()
+
+
+def test_code_mode_uploads_runs_and_shows_the_plot(browser, code_server, tmp_path):
+    page = open_page(browser, code_server, "code")
+    data = tmp_path / "points.csv"
+    data.write_text("x,y\n1,4\n2,2\n")
+    page.set_input_files("#upload", str(data))
+    page.wait_for_selector("#files li:has-text('points.csv')")
+    page.fill("#input", "Plot my points, please.")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done=true]", timeout=60000)
+    assert page.locator(".msg.error, .part.error").count() == 0
+    code = page.locator(".msg.assistant .step.code")
+    assert code.count() == 1
+    assert "plt.plot([1, 4, 2, 3])" in code.locator("code.language-python").inner_text()
+    assert "[Image]" in code.locator("pre.output").inner_text()
+    img = code.locator("img")
+    assert img.get_attribute("src").startswith("data:image/png;base64,iVBORw0KGgo")
+    assert img.evaluate("i => i.naturalWidth") > 100  # a real, decodable picture
+    assert not any("```" in t for t in page.locator(".msg.assistant .part.text").all_inner_texts())
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    page.screenshot(path=str(out / "serve-ui-code.png"), full_page=True)
+    page.click("#clear")
+    assert page.locator(".msg").count() == 0 and page.locator("#files li").count() == 0
+    page.close()
+
+
+def agent_events(server, **body) -> list[dict]:
+    body = {
+        "mode": "tools",
+        "conversation": "http-test",
+        "query": "Weather in Beijing?",
+        "max_rounds": 1,
+        "params": {"temperature": 0},
+        **body,
+    }
+    with httpx.stream("POST", server.url + "/ui/agent", json=body, headers=AUTH, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_agent_route_streams_tool_steps(tool_server):
+    events = agent_events(tool_server)
+    kinds = [e["type"] for e in events]
+    assert kinds == ["tool_call", "tool_result", "final"]
+    call, result, final = events
+    assert call["name"] == "get_weather" and call["arguments"]["city_name"] == "Beijing"
+    assert result["id"] == call["id"] and not result["is_error"]
+    assert result["content"] == "Sunny, 21 degrees celsius in Beijing"
+    assert final["stopped_by_limit"] and final["rounds"] == 1
+    # The key is required, like everywhere else, and bodies are checked.
+    body = {"mode": "tools", "conversation": "x", "query": "hi"}
+    assert httpx.post(tool_server.url + "/ui/agent", json=body).status_code == 401
+    bad = httpx.post(tool_server.url + "/ui/agent", json={**body, "mode": "sing"}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "mode"
+    bad = httpx.post(tool_server.url + "/ui/agent", json={**body, "params": {"top_p": 7}}, headers=AUTH)
+    assert bad.status_code == 400 and "top_p" in bad.json()["error"]["message"]
+
+
+def test_upload_refuses_paths_outside_the_session(code_server):
+    def upload(name: str, data: bytes = b"a,b\n1,2\n", headers=AUTH) -> httpx.Response:
+        body = {"conversation": "upload-test", "name": name, "data": base64.b64encode(data).decode()}
+        return httpx.post(code_server.url + "/ui/upload", json=body, headers=headers, timeout=30)
+
+    assert upload("data.csv", headers={}).status_code == 401
+    ok = upload("data.csv")
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["files"] == [{"name": "data.csv", "size": 8}]
+    assert (code_server.workdir / "ui-upload-test" / "data.csv").read_bytes() == b"a,b\n1,2\n"
+    for name in ("../escape.csv", "/etc/passwd", "sub/../../escape.csv", "..\\escape.csv"):
+        refused = upload(name)
+        assert refused.status_code == 400, (name, refused.text)
+        assert refused.json()["error"]["param"] == "name"
+    assert not (code_server.workdir / "escape.csv").exists()
+    bad = httpx.post(
+        code_server.url + "/ui/upload", json={"conversation": "../x", "name": "a", "data": ""}, headers=AUTH
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "conversation"
+    cleared = httpx.post(code_server.url + "/ui/clear", json={"conversation": "upload-test"}, headers=AUTH)
+    assert cleared.json() == {"cleared": True}
+
+
+def test_sessions_are_bounded_expire_and_retry_replaces_the_turn(tiny_tokenizer):
+    model = scripted_model(tiny_tokenizer, ["one", "two", "three"])
+    store = AgentSessions(model, AgentOptions(max_sessions=2, idle_timeout=60))
+    first = store.get("a", "tools")
+    store.get("b", "tools")
+    assert store.get("a", "tools") is first  # a is now the most recently used
+    store.get("c", "tools")
+    assert "b" not in store and "a" in store and len(store) == 2
+
+    def turn(history: list[tuple[str, str]]) -> list[dict]:
+        t = AgentTurn("a", "tools", "hi", history, None, {}, 6)
+        return list(_run_turn(first, t, threading.Event()))
+
+    assert turn([])[-1]["text"] == "one"
+    assert turn([])[-1]["text"] == "two"  # a retry of turn 0: replaces it
+    assert [m.content for m in first.agent.messages[1:]] == ["hi", "two"]
+    assert turn([("user", "hi"), ("assistant", "two")])[-1]["text"] == "three"
+    assert [m.content for m in first.agent.messages[1:]] == ["hi", "two", "hi", "three"]
+    store.options.idle_timeout = 0.01
+    time.sleep(0.02)
+    assert store.get("d", "code") and "a" not in store and len(store) == 1
+    store.close()

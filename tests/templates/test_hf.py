@@ -50,7 +50,7 @@ def reference_ids(tokenizer, messages, tools=None, add_generation_prompt=False):
 
 @pytest.mark.parametrize("tools", [None, TOOLS])
 def test_render_matches_apply_chat_template_token_for_token(tiny_tokenizer, tools):
-    template = HFTemplate(tiny_tokenizer)
+    template = HFTemplate(tiny_tokenizer, observation_hint=None)
     messages = conversation()
     rendered = template.render(messages, tools, add_generation_prompt=False)
     assert rendered.ids == reference_ids(tiny_tokenizer, messages, tools)
@@ -156,3 +156,10 @@ def test_system_message_after_conversation_start_is_rejected(tiny_tokenizer):
         HFTemplate(tiny_tokenizer).render(
             from_openai([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
         )
+
+
+def test_tool_results_carry_a_hint_naming_the_tool(tiny_tokenizer):
+    # Small models otherwise repeat the call instead of answering; the hint is part of the
+    # template, so training renders it exactly as serving does.
+    text = HFTemplate(tiny_tokenizer).render_text(conversation(), TOOLS, add_generation_prompt=False)
+    assert "sunny\n\nThis is the result of get_weather. Now answer" in text

@@ -40,6 +40,15 @@ CODE_SYSTEM_PROMPT = (
     "Plots made with matplotlib are shown to the user. Files are read and written in the "
     "current working directory. When you have what you need, answer the user in plain text."
 )
+CODE_PRELUDE = """\
+import warnings
+warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+import numpy as np
+import matplotlib.pyplot as plt
+"""
+"""Run once in each new kernel: small models often use ``np`` / ``plt`` without importing
+them, and font warnings about missing CJK glyphs mislead them into 'fixing' working code."""
+
 TOOLS_SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help to answer."
 
 
@@ -137,6 +146,7 @@ class Agent:
         self.state = model.engine.new_state()
         self.rounds = 0
         self._files_changed = False
+        self._prelude_kernel: int | None = None  # the kernel that has run CODE_PRELUDE
 
     # -- public -------------------------------------------------------------------
     @property
@@ -167,7 +177,8 @@ class Agent:
             self.messages.append(Message(Role.parse(role), self._with_files(query)))
         params = {**self.params, **params}
         tools = self.registry.schemas() if self.mode == "tools" and len(self.registry) else None
-        for self.rounds in range(1, self.max_rounds + 1):
+        for round_number in range(1, self.max_rounds + 1):
+            self.rounds = round_number
             reply: Message | None = None
             for event in self.model.generate(self.messages, tools, state=self.state, **params):
                 if event.delta:
@@ -191,7 +202,7 @@ class Agent:
                 continue
             yield AgentEvent(EventKind.FINAL, text=reply.content, message=reply)
             return
-        note = f"(stopped after {self.max_rounds} rounds without a final answer)"
+        note = f"(stopped after {self.max_rounds} round{'s' if self.max_rounds > 1 else ''} without a final answer)"
         yield AgentEvent(EventKind.FINAL, text=note)
 
     def close(self) -> None:
@@ -242,7 +253,11 @@ class Agent:
 
     def _run_code(self, code: str, call: ToolCall | None = None) -> Iterator[AgentEvent]:
         yield AgentEvent(EventKind.CODE, text=code)
-        result = self.code_session.execute(code)
+        session = self.code_session
+        if self._prelude_kernel != session.kernel_pid:
+            session.execute(CODE_PRELUDE)  # starts the kernel if needed
+            self._prelude_kernel = session.kernel_pid
+        result = session.execute(code)
         for item in result.outputs:
             if isinstance(item, ImageOutput):
                 yield AgentEvent(EventKind.IMAGE, image=item.png)

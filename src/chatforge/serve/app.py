@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -30,6 +30,9 @@ from chatforge.serve.protocol import ChatCompletionRequest, CompletionRequest, E
 from chatforge.serve.settings import ServeSettings
 from chatforge.serve.worker import GenerationWorker
 
+if TYPE_CHECKING:
+    from chatforge.serve.ui import AgentOptions
+
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -37,7 +40,10 @@ PUBLIC_PATHS = frozenset({"/health", "/", "/ui/config", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/ui/static/",)
 
 
-def create_app(model: ChatModel, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    model: ChatModel, settings: ServeSettings | None = None, *, agent_options: AgentOptions | None = None
+) -> FastAPI:
+    """The app; ``agent_options`` configure the web UI's Tool and Code Interpreter modes."""
     settings = settings or ServeSettings()
     model_id = settings.model_id or model.name
     accepted = {model_id, "default", model.name}
@@ -53,9 +59,12 @@ def create_app(model: ChatModel, settings: ServeSettings | None = None) -> FastA
     runner = cmp.Runner(worker, metrics, settings.request_timeout)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         worker.close()
+        agent_sessions = getattr(app.state, "agent_sessions", None)
+        if agent_sessions is not None:  # the UI's agents and their code kernels
+            agent_sessions.close()
 
     app = FastAPI(title="chatforge", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.model = model
@@ -217,7 +226,7 @@ def create_app(model: ChatModel, settings: ServeSettings | None = None) -> FastA
     if settings.ui:
         from chatforge.serve.ui import mount_ui
 
-        mount_ui(app, model_id)
+        mount_ui(app, model_id, agent_options)
 
     # Outermost first: metrics see every response, auth runs before any body is read.
     app.add_middleware(

@@ -37,6 +37,15 @@ def add_serve_command(sub: Any) -> None:
     g.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
     g.add_argument("--max-tokens", type=int, default=None, help="default max_tokens when a request gives none")
     g.add_argument("--no-ui", action="store_true", help="do not serve the web UI at /")
+    a = p.add_argument_group("web UI agent (Tool and Code Interpreter modes)")
+    a.add_argument(
+        "--tools", action="append", default=[], metavar="MODULE:ATTR",
+        help="tools for Tool mode besides the built-in ones (repeatable)",
+    )
+    a.add_argument(
+        "--workdir", default=None, metavar="DIR",
+        help="keep code sessions' files under DIR (default: a temporary directory removed on exit)",
+    )
     p.set_defaults(handler=run_serve)
 
 
@@ -58,6 +67,20 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def agent_options_from_args(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from chatforge.serve.ui import AgentOptions
+
+    tools: list[Any] = []
+    if args.tools:
+        from chatforge.agent.cli import load_tools
+
+        for spec in args.tools:
+            tools += load_tools(spec)
+    return AgentOptions(tools=tools, workdir=Path(args.workdir).expanduser() if args.workdir else None)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -67,8 +90,9 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
+    agent_options = agent_options_from_args(args)
     model = load_from_args(args)
-    app = create_app(model, settings)
+    app = create_app(model, settings, agent_options=agent_options)
     log.info(
         "serving %s on http://%s:%d (API key %s)",
         settings.model_id or model.name,

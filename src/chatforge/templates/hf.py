@@ -55,11 +55,16 @@ CHATML_TEMPLATE = """
 """A ChatML template with tools, for tokenizers that carry none (and for tests)."""
 
 
+OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question in plain language, using this result."
+"""Appended to every tool result: small models otherwise tend to repeat the call instead of answering."""
+
+
 class HFTemplate(Template):
     name = "hf"
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, chat_template: str | None = None, observation_hint: str | None = OBSERVATION_HINT) -> None:
         super().__init__(tokenizer)
+        self.observation_hint = observation_hint
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         if not self.chat_template:
             raise TemplateError(
@@ -97,9 +102,13 @@ class HFTemplate(Template):
 
     def _wire(self, messages: Sequence[Message], placeholders: bool) -> list[dict[str, Any]]:
         out = []
+        call_names = {c.id: c.name for m in messages for c in m.tool_calls}
         for i, m in enumerate(messages):
             d = m.to_openai()
             d["content"] = _PLACEHOLDER.format(i) if placeholders and m.content else m.content
+            if m.role is Role.OBSERVATION and self.observation_hint:
+                name = m.name or call_names.get(m.tool_call_id or "") or "the tool"
+                d["content"] += "\n\n" + self.observation_hint.format(name=name)
             if d.get("tool_calls"):
                 # Templates expect arguments as a mapping (they serialise it themselves).
                 for call, tc in zip(d["tool_calls"], m.tool_calls, strict=True):

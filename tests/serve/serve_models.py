@@ -4,13 +4,15 @@
 * ``save_adapter``: a LoRA adapter for it (peft), with non-zero weights so it changes
   the output.
 * ``save_scripted``: a real tiny model whose weights are set so that greedy decoding
-  writes one fixed tool call, whatever the conversation. How: the tool call's text is
+  writes one fixed tool call, whatever the conversation; ``save_code_scripted``: the
+  same for a fixed ```python block that plots (the web UI's Code mode). How: the text is
   added to the tokenizer as a few plain (non-special) added tokens, each used once; the
   attention and MLP blocks' output projections are zeroed, so the last hidden state is
   (a norm of) the embedding of the last token; and each row of ``lm_head`` for a token
   of the script is aligned with the embedding of the token before it. The model is
   then a bigram chain ``<prompt's last token> → piece 1 → … → <|im_end|>``. Nothing
   about the server is mocked: it renders, generates, decodes and parses as usual.
+* ``get_weather``: the tool the scripted model calls, for ``--tools models:get_weather``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,24 @@ SCRIPT = [
     '"unit": "celsius", "note": "北京 today"}}',
     "\n</tool_call>",
 ]
+CODE_SCRIPT = [
+    "```python\n",
+    "import matplotlib.pyplot as plt\n",
+    "plt.plot([1, 4, 2, 3])\n",
+    "plt.show()\n",
+    "```",
+]
+
+
+def get_weather(city_name: str, unit: str = "celsius", note: str = "") -> str:
+    """Current weather in a city.
+
+    Args:
+        city_name: the city.
+        unit: celsius or fahrenheit.
+        note: free text, ignored.
+    """
+    return f"Sunny, 21 degrees {unit} in {city_name}"
 
 
 def save_tiny(path: Path) -> Path:
@@ -70,13 +90,16 @@ def save_adapter(model_dir: Path, path: Path) -> Path:
     return path
 
 
-def save_scripted(path: Path) -> Path:
+def save_scripted(path: Path, script: list[str] = SCRIPT) -> Path:
     tok = make_tokenizer()
-    tok.add_tokens([AddedToken(piece, normalized=False, special=False) for piece in SCRIPT])
+    tok.add_tokens([AddedToken(piece, normalized=False, special=False) for piece in script])
     model = make_model(tok)
+    # Attention is zeroed, so positions do not matter: room for the UI's Tool mode prompt
+    # (the built-in tools' schemas alone take ~1,000 tokens of this tiny vocabulary).
+    model.config.max_position_embeddings = 4096
     template = get_template("hf", tok)
     prompt = template.render([Message(Role.USER, "hi")], [TOOL], add_generation_prompt=True).ids
-    chain = [prompt[-1], *tok.convert_tokens_to_ids(SCRIPT), tok.convert_tokens_to_ids("<|im_end|>")]
+    chain = [prompt[-1], *tok.convert_tokens_to_ids(script), tok.convert_tokens_to_ids("<|im_end|>")]
     assert len(set(chain)) == len(chain), "the script's tokens must each appear once"
     with torch.no_grad():
         for layer in model.model.layers:
@@ -89,6 +112,10 @@ def save_scripted(path: Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def save_code_scripted(path: Path) -> Path:
+    return save_scripted(path, CODE_SCRIPT)
 
 
 def expected_arguments_json() -> str:

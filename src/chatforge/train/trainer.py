@@ -1,0 +1,285 @@
+"""The training run: data → template → method → Hugging Face ``Trainer`` → final result.
+
+The output directory holds ``checkpoint-N/`` (resumable: weights or adapter, optimiser,
+scheduler, RNG states), ``metrics.jsonl`` (one JSON object per log/eval event),
+``loss.png``, ``data_stats.json``, ``train_config.yaml`` and ``final/``: the adapter
+(PEFT methods) or the full model, with tokenizer and chat template, plus
+``chatforge_train.json`` saying which base model and method made it. ``final/`` is
+written to a temporary directory and renamed, so it is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from chatforge.templates import Template, get_template
+from chatforge.train.config import TrainConfig, save_config
+from chatforge.train.data import FormatOptions, load_samples
+from chatforge.train.dataset import (
+    Collator,
+    PlainTemplate,
+    TokenStats,
+    TrainDataset,
+    encode_samples,
+    pack,
+    sanity_table,
+)
+from chatforge.train.methods import apply_method, is_peft
+from chatforge.train.plot import plot_loss
+
+log = logging.getLogger(__name__)
+
+TRAIN_INFO = "chatforge_train.json"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    global_step: int
+    losses: list[float] = field(default_factory=list)  # logged training losses, in order
+    stats: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+
+
+def format_options(config: TrainConfig) -> FormatOptions:
+    d = config.data
+    return FormatOptions(d.format, d.prompt_column, d.response_column, d.system_column, d.plain)
+
+
+def build_dataset(
+    config: TrainConfig, template: Template, file: str
+) -> tuple[TrainDataset, TokenStats, dict[str, Any]]:
+    d = config.data
+    samples, report = load_samples(file, format_options(config), d.skip_invalid, d.max_errors)
+    examples, stats = encode_samples(samples, template, d.max_length, d.loss_mode, d.truncation)
+    if not examples:
+        raise ValueError(f"{file}: no sample has trained tokens left (see the warnings above)")
+    items: list[Any] = pack(examples, d.max_length) if d.packing else examples
+    summary = {
+        "file": str(file),
+        "records": report.records,
+        "invalid_skipped": report.skipped,
+        "invalid_reasons": dict(report.reasons()),
+        "formats": dict(report.formats),
+        **stats.summary(),
+        "rows": len(items),
+    }
+    if summary["samples"] and examples:
+        log.info("\n%s", sanity_table(examples[0], template.tokenizer, limit=64))
+    return TrainDataset(items), stats, summary
+
+
+def _bf16(config: TrainConfig, model: Any) -> bool:
+    choice = config.training.bf16
+    if choice != "auto":
+        return choice == "true"
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from chatforge.models.device import cpu_has_bf16
+
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+class MetricsLog(TrainerCallback):
+    """Writes every log event (loss, eval loss, learning rate) as a JSON line; rewound on resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        # After a resume, forget events past the checkpoint we resumed from.
+        rows = []
+        if self.path.exists():
+            rows = [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        rows = [r for r in rows if r.get("step", 0) <= state.global_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def load_for_training(config: TrainConfig) -> tuple[Any, Any, str]:
+    from chatforge.models.loader import load_weights, resolve
+
+    source = resolve(config.model.name_or_path)
+    model, tokenizer = load_weights(source, device=config.model.device, dtype=config.model.dtype)
+    return model, tokenizer, str(source.path)
+
+
+def train(
+    config: TrainConfig,
+    model: Any = None,
+    tokenizer: Any = None,
+    base_model: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Fine-tune as ``config`` says. ``model``/``tokenizer`` may be given (tests, notebooks);
+    otherwise ``config.model.name_or_path`` is loaded."""
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    t, d = config.training, config.data
+    set_seed(t.seed)
+    if model is None:
+        model, tokenizer, base_model = load_for_training(config)
+    template = get_template(config.model.template, tokenizer)
+    out = Path(t.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "train_config.yaml")
+
+    train_ds, _, train_summary = build_dataset(config, template, d.train_file)
+    eval_ds = None
+    stats = {"train": train_summary}
+    if d.eval_file:
+        eval_ds, _, stats["eval"] = build_dataset(config, template, d.eval_file)
+    (out / "data_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
+    log.info("data: %s", json.dumps(train_summary, ensure_ascii=False))
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * world * t.gradient_accumulation_steps))
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.num_epochs)
+    model.config.use_cache = False  # training: no KV cache (also lets packed positions build the mask)
+    model = apply_method(model, config.method.name, config.lora, config.ptuning, total_steps)
+
+    evaluating = eval_ds is not None
+    eval_strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
+    save_strategy = "steps" if t.save_steps or (evaluating and t.eval_steps) else "epoch"
+    save_steps = t.save_steps or t.eval_steps or 500
+    if evaluating and t.eval_steps and t.early_stopping_patience:
+        save_steps = t.eval_steps  # keep-best needs a checkpoint at every evaluation
+    args = TrainingArguments(
+        output_dir=str(out),
+        seed=t.seed,
+        data_seed=t.seed,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=int(t.warmup_ratio * total_steps),
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=_bf16(config, model),
+        logging_steps=t.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps or None,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model="eval_loss" if evaluating else None,
+        greater_is_better=False if evaluating else None,
+        remove_unused_columns=False,
+        disable_tqdm=not t.progress_bar,
+        report_to="none",
+        use_cpu=config.model.device == "cpu" or not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    cbs = [MetricsLog(out / METRICS), *(callbacks or [])]
+    if evaluating and t.early_stopping_patience:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=Collator(pad_id=_pad_id(tokenizer)),
+        processing_class=tokenizer,
+        callbacks=cbs,
+    )
+    resume = _resume_path(t.resume_from, out, get_last_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
+
+    result = TrainResult(
+        output_dir=out,
+        final_dir=out / "final",
+        global_step=trainer.state.global_step,
+        losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
+        stats=stats,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+    )
+    if trainer.is_world_process_zero():
+        info = {
+            "base_model": base_model,
+            "method": config.method.name,
+            "template": "plain" if isinstance(template, PlainTemplate) or d.plain else config.model.template,
+            "global_step": result.global_step,
+            "best_checkpoint": result.best_checkpoint,
+        }
+        save_final(trainer.model, tokenizer, out / "final", info)
+        if t.plot:
+            plot_loss(
+                out / METRICS, out / "loss.png", title=f"{config.method.name} · {Path(d.train_file).name}"
+            )
+    return result
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def _resume_path(resume_from: str, out: Path, last_checkpoint: Any) -> str | None:
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = last_checkpoint(str(out)) if out.exists() else None
+        if found is None:
+            log.warning("training.resume_from=latest: no checkpoint in %s; starting fresh", out)
+        else:
+            log.info("resuming from %s", found)
+        return found
+    path = Path(resume_from)
+    if not (path / "trainer_state.json").exists():
+        raise ValueError(
+            f"training.resume_from: {path} is not a checkpoint directory (no trainer_state.json)"
+        )
+    return str(path)
+
+
+def save_final(model: Any, tokenizer: Any, final: Path, info: dict[str, Any]) -> Path:
+    """Write the result to a temporary directory, then rename it into place."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    base = model.get_base_model() if is_peft(model) else model
+    base.config.use_cache = True
+    # PEFT models save only the adapter; a fully fine-tuned model saves everything.
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    info = {**info, "kind": "adapter" if is_peft(model) else "model"}
+    (tmp / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    log.info("final %s written to %s", info["kind"], final)
+    return final

@@ -1,0 +1,133 @@
+"""The training run: outputs, resume equivalence, early stopping, an atomic final result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tiny import make_model  # noqa: E402
+
+from chatforge.train.config import build_config
+from chatforge.train.trainer import TRAIN_INFO, train
+
+QA = [
+    ("What is the weather like in Paris today?", "It is sunny and warm."),
+    ("你好，请介绍一下你自己。", "我是一个人工智能助手。"),
+    ("北京今天的天气怎么样？", "晴天，气温二十度。"),
+    ("Hello, how are you?", "I am fine, thank you."),
+]
+
+
+def write_data(path: Path, n: int = 16) -> Path:
+    rows = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        rows.append({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def config(tmp_path: Path, out: str, **extra):
+    data = write_data(tmp_path / "train.jsonl")
+    values = {
+        "data.train_file": str(data),
+        "model.template": "hf",
+        "training.output_dir": str(tmp_path / out),
+        "training.max_steps": 6,
+        "training.save_steps": 3,
+        "training.batch_size": 4,
+        "training.learning_rate": 5e-3,
+        "training.bf16": "false",
+        "training.progress_bar": "false",
+        **extra,
+    }
+    return build_config(values, "test")
+
+
+def test_outputs_and_resume_gives_the_same_losses(tiny_tokenizer, tmp_path):
+    full = train(config(tmp_path, "a"), make_model(tiny_tokenizer).train(), tiny_tokenizer, base_model="tiny")
+    out = full.output_dir
+    assert full.global_step == 6 and len(full.losses) == 6
+    assert full.losses[-1] < full.losses[0]
+    for name in (
+        "metrics.jsonl",
+        "loss.png",
+        "data_stats.json",
+        "train_config.yaml",
+        "checkpoint-3",
+        "checkpoint-6",
+    ):
+        assert (out / name).exists(), name
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    final = out / "final"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", TRAIN_INFO} <= {
+        p.name for p in final.iterdir()
+    }
+    assert not list(out.glob(".final*")), "no temporary directory is left behind"
+    info = json.loads((final / TRAIN_INFO).read_text())
+    assert info["method"] == "lora" and info["kind"] == "adapter" and info["base_model"] == "tiny"
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    stats = json.loads((out / "data_stats.json").read_text())["train"]
+    assert stats["samples"] == 16 and stats["trained_tokens"] > 0
+
+    # Resume from step 3 in a fresh run (a new model object, other output dir): steps 4-6 match exactly.
+    resumed = train(
+        config(tmp_path, "b", **{"training.resume_from": str(out / "checkpoint-3")}),
+        make_model(tiny_tokenizer).train(),
+        tiny_tokenizer,
+        base_model="tiny",
+    )
+    assert resumed.losses[3:] == full.losses[3:]
+
+
+def test_resume_latest_continues_in_place(tiny_tokenizer, tmp_path):
+    first = train(
+        config(tmp_path, "c", **{"training.max_steps": 3}), make_model(tiny_tokenizer).train(), tiny_tokenizer
+    )
+    assert first.global_step == 3
+    more = train(
+        config(tmp_path, "c", **{"training.max_steps": 6, "training.resume_from": "latest"}),
+        make_model(tiny_tokenizer).train(),
+        tiny_tokenizer,
+    )
+    assert more.global_step == 6
+    steps = [json.loads(x)["step"] for x in (more.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s <= 6] == sorted(steps)  # no duplicated steps after the resume
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_tokenizer, tmp_path):
+    cfg = config(
+        tmp_path,
+        "d",
+        **{
+            "data.eval_file": str(write_data(tmp_path / "eval.jsonl", 4)),
+            "training.max_steps": 40,
+            "training.eval_steps": 2,
+            "training.save_steps": 2,
+            "training.early_stopping_patience": 1,
+            "training.learning_rate": 3.0,  # diverges, so evaluation stops improving soon
+            "method.name": "full",
+        },
+    )
+    result = train(cfg, make_model(tiny_tokenizer).train(), tiny_tokenizer)
+    assert result.global_step < 40
+    assert result.best_checkpoint is not None
+    evals = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval_loss" in r]
+    best = min(evals, key=lambda r: r["eval_loss"])
+    assert result.best_checkpoint.endswith(f"checkpoint-{best['step']}")
+    assert (result.final_dir / "model.safetensors").exists()
+
+
+def test_bad_resume_path_is_explained(tiny_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="training.resume_from: .* not a checkpoint directory"):
+        train(
+            config(tmp_path, "e", **{"training.resume_from": str(tmp_path)}),
+            make_model(tiny_tokenizer).train(),
+            tiny_tokenizer,
+        )
