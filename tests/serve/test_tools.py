@@ -88,10 +88,10 @@ def test_parallel_tool_calls_false_keeps_one(tool_server):
 
 def test_langchain_chat_openai(chat_server, tool_server):
     pytest.importorskip("langchain_openai")
-    from serve_support import KEY
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool as lc_tool
     from langchain_openai import ChatOpenAI
+    from serve_support import KEY
 
     llm = ChatOpenAI(base_url=chat_server.base_url, api_key=KEY, model="default", max_tokens=5,
                      temperature=0, max_retries=0)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_support import KEY, ROOT
 from scripted import scripted_model
+from serve_support import KEY, ROOT
 
 from chatforge.serve.ui import AgentOptions, AgentSessions, AgentTurn, _run_turn
 
