@@ -57,3 +57,9 @@ def test_uploaded_files_are_announced(tiny_tokenizer, interpreter):
     result = agent.run("What is in my file?")
     assert "data.csv" in result.messages[1].content
     assert "a,b" in next(e for e in result.events if e.kind is EventKind.OUTPUT).text
+
+
+def test_numpy_and_pyplot_are_preimported(tiny_tokenizer, interpreter):
+    model = scripted_model(tiny_tokenizer, ["```python\nprint(round(np.pi, 2), plt.__name__)\n```", "ok"])
+    result = Agent(model, mode="code", interpreter=interpreter, session_id="prelude").run("pi?")
+    assert next(e for e in result.events if e.kind is EventKind.OUTPUT).text.strip() == "3.14 matplotlib.pyplot"

@@ -254,8 +254,10 @@ class Agent:
     def _run_code(self, code: str, call: ToolCall | None = None) -> Iterator[AgentEvent]:
         yield AgentEvent(EventKind.CODE, text=code)
         session = self.code_session
-        if self._prelude_kernel != session.kernel_pid:
-            session.execute(CODE_PRELUDE)  # starts the kernel if needed
+        if not session.started:
+            session.start()
+        if self._prelude_kernel != session.kernel_pid:  # a new or restarted kernel
+            session.execute(CODE_PRELUDE)
             self._prelude_kernel = session.kernel_pid
         result = session.execute(code)
         for item in result.outputs:
