@@ -39,7 +39,7 @@ model: install
 	$(VENV)/bin/chatforge model fetch
 
 run: model
-	$(VENV)/bin/chatforge chat --model default
+	$(VENV)/bin/chatforge serve --model default --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-test
 	bash scripts/test-setup.sh $(VENV)

@@ -12,7 +12,23 @@ from chatforge.notebook import load_ipython_extension, unload_ipython_extension 
 
 __version__ = "0.1.0"
 
+_AGENT_NAMES = ("Agent", "tool", "ToolRegistry", "builtin_tools", "CodeInterpreter")
+
+
+def __getattr__(name: str):
+    # The agent layer pulls in jupyter_client; load it only when asked for.
+    if name in _AGENT_NAMES:
+        from chatforge import agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module 'chatforge' has no attribute {name!r}")
+
 __all__ = [
+    "Agent",
+    "CodeInterpreter",
+    "ToolRegistry",
+    "builtin_tools",
+    "tool",
     "ChatModel",
     "ChatSession",
     "GenerationStats",

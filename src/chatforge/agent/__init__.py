@@ -20,6 +20,7 @@ from .interpreter import (
     StreamOutput,
     TextOutput,
 )
+from .loop import Agent, AgentEvent, AgentResult, EventKind
 from .sandbox import KernelLimits
 from .tools import (
     Tool,
@@ -34,6 +35,11 @@ from .tools import (
 )
 
 __all__ = [
+    # the loop
+    "Agent",
+    "AgentEvent",
+    "AgentResult",
+    "EventKind",
     # tools
     "Tool",
     "ToolArgumentError",
