@@ -229,15 +229,55 @@ def load_model(
     template: str = "auto",
     adapter: str | Path | None = None,
     context_length: int | None = None,
+    engine: str = "auto",
+    remote_url: str | None = None,
+    remote_model: str | None = None,
+    remote_api_key: str | None = None,
+    quantize: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    engine_options: dict[str, Any] | None = None,
 ) -> ChatModel:
     """Load a chat model: ``"default"`` (embedded), a local Hugging Face directory, a ``.gguf``
-    file or a ChatGLM checkpoint directory; optionally with a PEFT adapter."""
+    file or a ChatGLM checkpoint directory; optionally with a PEFT adapter.
+
+    ``engine`` is ``auto`` (chosen per model and hardware, see ``chatforge.engines.select``),
+    ``transformers``, ``llama.cpp`` (GGUF files) or ``remote`` (an OpenAI-compatible
+    ``remote_url``; ``ref`` then only supplies the tokenizer). ``quantize`` (int8/int4,
+    bitsandbytes, CUDA only) and ``device_map`` apply to transformers; ``engine_options``
+    go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp)."""
     from chatforge.engines.hf import TransformersEngine
+    from chatforge.engines.select import build_engine, choose_engine, load_quantized_weights
     from chatforge.models.loader import attach_adapter, load_weights, prepare_adapter, resolve
 
+    chosen = choose_engine(
+        ref,
+        engine,
+        device=device,
+        adapter=adapter,
+        quantize=quantize,
+        device_map=device_map,
+        remote_url=remote_url,
+    )
+    if chosen != "transformers":
+        built = build_engine(
+            ref,
+            chosen,
+            adapter=adapter,
+            context_length=context_length,
+            remote_url=remote_url,
+            remote_model=remote_model,
+            remote_api_key=remote_api_key,
+            options=engine_options,
+        )
+        return ChatModel(built.engine, get_template(template, built.tokenizer), name=built.name)
     source = resolve(ref)
-    model, tokenizer = load_weights(source, device=device, dtype=dtype)
+    if quantize or device_map is not None:
+        model, tokenizer = load_quantized_weights(
+            source, quantize=quantize, device=device, dtype=dtype, device_map=device_map
+        )
+    else:
+        model, tokenizer = load_weights(source, device=device, dtype=dtype)
     if adapter is not None:
         model = attach_adapter(model, prepare_adapter(adapter, source))
-    engine = TransformersEngine(model, tokenizer, context_length=context_length)
-    return ChatModel(engine, get_template(template, tokenizer), name=source.name, model=model)
+    engine_ = TransformersEngine(model, tokenizer, context_length=context_length, **(engine_options or {}))
+    return ChatModel(engine_, get_template(template, tokenizer), name=source.name, model=model)

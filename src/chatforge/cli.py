@@ -42,6 +42,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
     g.add_argument("--template", default="auto", help="auto, hf, chatml, chatglm3 or react (default: auto)")
     g.add_argument("--context-length", type=int, default=None, help="limit the context window (tokens)")
+    g.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "transformers", "llama.cpp", "remote"],
+        help="inference engine (default: auto = llama.cpp on CPU for GGUF models, else transformers)",
+    )
+    g.add_argument("--remote-url", default=None, help="an OpenAI-compatible endpoint for --engine remote")
+    g.add_argument("--remote-model", default=None, help="the model name at --remote-url (default: its first)")
+    g.add_argument(
+        "--remote-api-key", default=None, help="API key for --remote-url (default: $CHATFORGE_REMOTE_API_KEY)"
+    )
+    g.add_argument(
+        "--quantize", default=None, choices=["int8", "int4"], help="bitsandbytes quantization (CUDA only)"
+    )
+    g.add_argument("--device-map", default=None, help="transformers device_map, e.g. 'auto' for several GPUs")
+    g.add_argument(
+        "--parallel", type=int, default=None, help="requests decoded together (llama.cpp 4, transformers 8)"
+    )
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +95,28 @@ def load_from_args(args: argparse.Namespace) -> Any:
         template=args.template,
         adapter=args.adapter,
         context_length=args.context_length,
+        **engine_kwargs(args),
     )
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine-related arguments of ``add_model_arguments`` as ``load_model`` keywords."""
+    import os
+
+    options = {}
+    if getattr(args, "parallel", None):
+        options["n_parallel"] = args.parallel
+    if getattr(args, "threads", None):
+        options["n_threads"] = args.threads
+    return {
+        "engine": getattr(args, "engine", "auto"),
+        "remote_url": getattr(args, "remote_url", None),
+        "remote_model": getattr(args, "remote_model", None),
+        "remote_api_key": getattr(args, "remote_api_key", None) or os.environ.get("CHATFORGE_REMOTE_API_KEY"),
+        "quantize": getattr(args, "quantize", None),
+        "device_map": getattr(args, "device_map", None),
+        "engine_options": options or None,
+    }
 
 
 # -- chat ---------------------------------------------------------------------

@@ -1,98 +1,209 @@
 """The Hugging Face transformers engine: the reference engine, adapters and training
-compatible, with the conversation's KV cache reused across turns.
+compatible, with the conversation's KV cache reused across turns and concurrent requests
+decoded together.
 
 Generation is a plain prefill-then-decode loop over ``model(input_ids, past_key_values)``
 rather than ``model.generate`` so that the cache can be kept, cropped to the longest
 common prefix with the next prompt, and reused; and so that cancelling is immediate.
+
+Concurrency (continuous batching, :mod:`chatforge.engines.batching`): each request owns a
+``DynamicCache``. A new prompt is prefilled on its own cache in chunks between decode
+steps; requests that are decoding are stacked into one left-padded batch cache and step
+together (one forward pass for all of them). The batch cache lives on while the set of
+decoding requests is unchanged; when a request joins or leaves, the rows are split back
+into per-request caches and the batch is rebuilt. Models whose caches cannot be stacked
+(sliding-window or hybrid layers, prompt-learning adapters) step one request at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from chatforge.engines.base import Engine, GenerationStats, KVState, SamplingParams, common_prefix
-from chatforge.engines.sampling import apply_penalties, sample
+from chatforge.engines.base import common_prefix
+from chatforge.engines.batching import BatchingEngine, Request, Work
 
 log = logging.getLogger(__name__)
 
 
-class TransformersEngine(Engine):
+@dataclass(eq=False)
+class _Row:
+    """A request's cache: its own ``DynamicCache`` unless it currently lives in the batch."""
+
+    cache: DynamicCache | None
+    length: int  # tokens in the cache
+
+
+class TransformersEngine(BatchingEngine):
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, context_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        context_length: int | None = None,
+        n_parallel: int = 8,
+        prefill_chunk: int = 512,
+        n_threads: int | None = None,
+    ) -> None:
         config = model.config
         limit = (
             context_length
             or getattr(config, "max_position_embeddings", None)
             or getattr(config, "seq_length", 4096)
         )
-        super().__init__(tokenizer, int(limit))
+        super().__init__(
+            tokenizer, int(limit), max_batch=n_parallel, max_step_tokens=prefill_chunk + n_parallel
+        )
+        if n_threads:
+            torch.set_num_threads(n_threads)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         # One forward pass at a time: the model is not re-entrant across threads.
         self._lock = threading.Lock()
+        self._stackable = _stackable(model)
+        self._members: list[Request] = []  # the requests in the batch cache, in row order
+        self._batch: DynamicCache | None = None
+        self._pads: list[int] = []  # left padding of each row
+
+    def _new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    # -- batching hooks --------------------------------------------------------------
+    def _admit(self, request: Request) -> bool:
+        state, prompt = request.state, request.prompt_ids
+        cache, reuse = None, 0
+        if state is not None and isinstance(state.cache, DynamicCache):
+            # At least one prompt token must be computed to get logits for the next token.
+            reuse = min(common_prefix(state.ids, prompt), len(prompt) - 1)
+            if reuse > 0:
+                cache = state.cache
+                extra = cache.get_seq_length() - reuse
+                if extra > 0:
+                    cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
+            state.cache, state.ids = None, []  # the request owns the cache until it ends
+        reuse = max(reuse, 0) if cache is not None else 0
+        request.slot = _Row(cache if cache is not None else self._new_cache(), reuse)
+        request.todo = prompt[reuse:]
+        request.stats.reused_tokens, request.stats.computed_tokens = reuse, len(prompt) - reuse
+        return True
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
-
-    def _prepare(self, prompt_ids: list[int], state: KVState | None) -> tuple[DynamicCache, int]:
-        """A cache holding a prefix of the prompt, and how long that prefix is."""
-        if state is None or state.cache is None:
-            return DynamicCache(config=self.model.config), 0
-        # At least one prompt token must be computed to get logits for the next token.
-        reuse = min(common_prefix(state.ids, prompt_ids), len(prompt_ids) - 1)
-        if reuse <= 0:
-            return DynamicCache(config=self.model.config), 0
-        cache = state.cache
-        extra = cache.get_seq_length() - reuse
-        if extra > 0:
-            cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
-        return cache, reuse
-
-    def generate_ids(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        stats: GenerationStats,
-        state: KVState | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[int]:
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+    def _forward(self, work: list[Work]) -> list[np.ndarray | None]:
+        rows: dict[int, np.ndarray | None] = {}
+        decoding = [w for w in work if w.request.slot.length > 0 and len(w.ids) == 1 and w.logits]
+        if len(decoding) < 2 or not self._stackable:
+            decoding = []
+        batched = {id(w) for w in decoding}
         with self._lock:
-            cache, reused = self._prepare(prompt_ids, state)
-            stats.reused_tokens, stats.computed_tokens = reused, len(prompt_ids) - reused
-            in_cache = list(prompt_ids[:reused])
-            t0 = time.perf_counter()
-            logits = self._forward(prompt_ids[reused:], cache)
-            in_cache += prompt_ids[reused:]
-            stats.prefill_seconds = time.perf_counter() - t0
-            vocab = logits.shape[-1]
-            seen = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            counts = torch.zeros((1, vocab), dtype=torch.float32, device=self.device)
-            try:
-                while True:
-                    logits = apply_penalties(logits.float(), seen, counts, params)
-                    token = int(sample(logits, params, generator)[0])
-                    yield token
-                    if cancel is not None and cancel.is_set():
-                        return
-                    seen = torch.cat([seen, torch.tensor([[token]], device=self.device)], dim=-1)
-                    if token < vocab:
-                        counts[0, token] += 1
-                    logits = self._forward([token], cache)
-                    in_cache.append(token)
-            finally:
-                if state is not None:
-                    state.cache, state.ids = cache, in_cache
+            if {id(r) for r in self._members} != {id(w.request) for w in decoding}:
+                self._dissolve()
+            for item in work:
+                if id(item) not in batched:
+                    rows[id(item)] = self._forward_one(item)
+            if decoding:
+                if not self._members:
+                    self._assemble([w.request for w in decoding])
+                by_request = {id(w.request): w for w in decoding}
+                logits = self._forward_batch([by_request[id(r)].ids[0] for r in self._members])
+                for i, member in enumerate(self._members):
+                    rows[id(by_request[id(member)])] = logits[i]
+        return [rows[id(w)] for w in work]
+
+    def _forward_one(self, item: Work) -> np.ndarray | None:
+        row: _Row = item.request.slot
+        if row.cache is None:  # it was in the batch: take it back out first
+            self._dissolve()
+        input_ids = torch.tensor([item.ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, past_key_values=row.cache, use_cache=True, logits_to_keep=1)
+        row.length += len(item.ids)
+        return out.logits[0, -1].float().cpu().numpy() if item.logits else None
+
+    def _forward_batch(self, tokens: list[int]) -> np.ndarray:
+        lengths = [m.slot.length for m in self._members]
+        total = self._batch.get_seq_length()
+        mask = torch.ones((len(tokens), total + 1), dtype=torch.long, device=self.device)
+        for i, pad in enumerate(self._pads):
+            mask[i, :pad] = 0
+        positions = torch.tensor([[n] for n in lengths], dtype=torch.long, device=self.device)
+        input_ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self._batch,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        for member in self._members:
+            member.slot.length += 1
+        return out.logits[:, -1].float().cpu().numpy()
+
+    def _assemble(self, requests: list[Request]) -> None:
+        """Stack the requests' caches into one left-padded batch cache."""
+        caches = [r.slot.cache for r in requests]
+        longest = max(r.slot.length for r in requests)
+        self._pads = [longest - r.slot.length for r in requests]
+        data = []
+        for layer in range(len(caches[0].layers)):
+            keys, values = [], []
+            for cache, pad in zip(caches, self._pads):
+                k, v = cache.layers[layer].keys, cache.layers[layer].values
+                if pad:
+                    k = torch.nn.functional.pad(k, (0, 0, pad, 0))
+                    v = torch.nn.functional.pad(v, (0, 0, pad, 0))
+                keys.append(k)
+                values.append(v)
+            data.append((torch.cat(keys), torch.cat(values)))
+        self._batch = DynamicCache(data, config=self.model.config)
+        self._members = list(requests)
+        for r in requests:
+            r.slot.cache = None
+
+    def _dissolve(self) -> None:
+        """Split the batch cache back into per-request caches."""
+        if self._batch is None:
+            return
+        for i, (member, pad) in enumerate(zip(self._members, self._pads)):
+            data = [
+                (layer.keys[i : i + 1, :, pad:].clone(), layer.values[i : i + 1, :, pad:].clone())
+                for layer in self._batch.layers
+            ]
+            member.slot.cache = DynamicCache(data, config=self.model.config)
+        self._batch, self._members, self._pads = None, [], []
+
+    def _release(self, request: Request, keep: int) -> None:
+        row: _Row | None = request.slot
+        if row is None:
+            return
+        with self._lock:
+            if row.cache is None:
+                self._dissolve()
+        state = request.state
+        if state is None:
+            return
+        cache = row.cache
+        keep = min(keep, row.length)
+        extra = cache.get_seq_length() - keep
+        if extra > 0:
+            cache.crop(-extra)
+        state.cache, state.ids = cache, list((request.prompt_ids + request.generated)[:keep])
+
+
+def _stackable(model: Any) -> bool:
+    """Whether requests' caches can be stacked into one batch (plain full-attention layers)."""
+    peft = getattr(model, "peft_config", None)
+    if isinstance(peft, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft.values()):
+        return False
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - exotic configs step one request at a time
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)

@@ -1,0 +1,621 @@
+"""``chatforge bench``: chatforge's engines side by side with the raw references, in one run.
+
+Measured on the same model, prompts and machine:
+
+* single-stream decode tokens/s and time to first token (TTFT), greedy, fixed length;
+* prefill tokens/s for a prompt of ``--prefill-tokens`` (1,000) tokens;
+* a ``--turns`` (10) turn conversation's TTFT per turn, with the conversation's KV cache
+  reused (chatforge) and recomputed every turn;
+* 1, 4 and 16 concurrent streams, on the engine directly and through the HTTP server
+  (aggregate tokens/s, p50/p95 request latency), and the server's overhead.
+
+References: plain ``transformers`` ``generate`` and plain ``llama_cpp.Llama`` on the same
+weights. Results are printed as Markdown (and written with ``--out``), with a PNG plot
+(``--plot``). Figures on a shared machine are noisy: note the load average printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STORY = (
+    "Write a long story about a robot who learns to paint, with many details. 写一段关于机器人学画画的故事。"
+)
+QUESTIONS = [
+    "What is a Python list comprehension?",
+    "Give an example with a condition.",
+    "How is it different from map and filter?",
+    "What about dictionary comprehensions?",
+    "And set comprehensions?",
+    "Can comprehensions be nested?",
+    "When should I avoid them?",
+    "What is a generator expression?",
+    "How much memory does it save?",
+    "Summarise everything in one sentence.",
+]
+
+
+@dataclass
+class BenchOptions:
+    """What to measure; every field has a ``--flag``."""
+
+    model: str = "default"
+    """The model: 'default' (embedded; GGUF for llama.cpp, safetensors for transformers) or a path."""
+    engines: list[str] = field(default_factory=lambda: ["llama.cpp", "transformers"])
+    """chatforge engines to measure."""
+    references: bool = True
+    """Also measure plain transformers generate and plain llama_cpp.Llama."""
+    runs: int = 3
+    """Repetitions of each single-stream measurement (the median is reported)."""
+    tokens: int = 128
+    """Tokens generated per decode measurement."""
+    prefill_tokens: int = 1000
+    """Prompt length of the prefill measurement."""
+    turns: int = 10
+    """Turns of the conversation measurement (0 to skip)."""
+    turn_tokens: int = 32
+    """Tokens per assistant reply in the conversation measurement."""
+    streams: list[int] = field(default_factory=lambda: [1, 4, 16])
+    """Concurrent stream counts (empty to skip)."""
+    stream_tokens: int = 64
+    """Tokens per request in the concurrency measurement."""
+    server: bool = True
+    """Also run the concurrency measurement through chatforge's HTTP server."""
+    threads: int | None = None
+    """CPU threads for every engine (default: all cores)."""
+    out: str | None = None
+    """Write the Markdown report here."""
+    plot: str | None = None
+    """Write a PNG plot here."""
+    json_out: str | None = None
+    """Write the raw results as JSON here."""
+
+
+@dataclass
+class Results:
+    machine: dict[str, Any] = field(default_factory=dict)
+    single: list[dict[str, Any]] = field(default_factory=list)
+    prefill: list[dict[str, Any]] = field(default_factory=list)
+    turns: dict[str, list[float]] = field(default_factory=dict)
+    streams: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- subjects -------------------------------------------------------------------------------
+class Subject:
+    """Something that can generate: a chatforge engine or a raw reference."""
+
+    name: str
+
+    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
+        """(TTFT seconds, decode tokens/s) generating exactly ``n`` tokens greedily."""
+        raise NotImplementedError
+
+    def prefill(self, ids: list[int]) -> float:
+        """Seconds to process ``ids`` and produce the first token."""
+        raise NotImplementedError
+
+
+class EngineSubject(Subject):
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.engine = model.engine
+        self.name = f"chatforge {self.engine.name}"
+
+    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
+        from chatforge.engines.base import SamplingParams
+
+        chunks = list(self.engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=n)))
+        stats = chunks[-1].stats
+        return stats.time_to_first_token or 0.0, stats.decode_tokens_per_second
+
+    def prefill(self, ids: list[int]) -> float:
+        from chatforge.engines.base import SamplingParams
+
+        chunks = list(self.engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=1)))
+        return chunks[-1].stats.time_to_first_token or 0.0
+
+
+class RawTransformers(Subject):
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.name = (
+            f"plain transformers generate ({str(next(model.parameters()).dtype).removeprefix('torch.')})"
+        )
+
+    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
+        torch = self.torch
+        with torch.inference_mode():
+            inputs = torch.tensor([ids])
+            started = time.perf_counter()
+            self.model.generate(inputs, max_new_tokens=1, do_sample=False, pad_token_id=0)
+            ttft = time.perf_counter() - started
+            started = time.perf_counter()
+            out = self.model.generate(
+                inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+            total = time.perf_counter() - started
+        made = out.shape[1] - len(ids)
+        return ttft, (made - 1) / max(total - ttft, 1e-9)
+
+    def prefill(self, ids: list[int]) -> float:
+        torch = self.torch
+        with torch.inference_mode():
+            started = time.perf_counter()
+            self.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
+            return time.perf_counter() - started
+
+
+class RawLlamaCpp(Subject):
+    def __init__(self, path: Path, threads: int | None, n_ctx: int = 4096) -> None:
+        import llama_cpp
+
+        from chatforge.engines.llamacpp import default_threads
+
+        threads = threads or default_threads()
+        self.llm = llama_cpp.Llama(
+            str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
+        self.name = "plain llama_cpp.Llama"
+
+    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
+        self.llm.reset()
+        started = time.perf_counter()
+        ttft = 0.0
+        made = 0
+        for _ in self.llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            made += 1
+            if made == 1:
+                ttft = time.perf_counter() - started
+            if made == n:
+                break
+        total = time.perf_counter() - started
+        return ttft, (made - 1) / max(total - ttft, 1e-9)
+
+    def prefill(self, ids: list[int]) -> float:
+        self.llm.reset()
+        started = time.perf_counter()
+        self.llm.eval(ids)
+        return time.perf_counter() - started
+
+
+# -- measurements -----------------------------------------------------------------------------
+def chat_prompt(model: Any, text: str) -> list[int]:
+    from chatforge.messages import Message, Role
+
+    return model.template.render([Message(Role.USER, text)], add_generation_prompt=True).ids
+
+
+def long_prompt(model: Any, length: int) -> list[int]:
+    """A chat prompt of exactly ``length`` tokens (a long document to summarise)."""
+    filler = " ".join(
+        f"Paragraph {i}: chatforge runs, extends and fine-tunes a local chat model." for i in range(400)
+    )
+    ids = chat_prompt(model, "Summarise this document:\n" + filler)
+    tail = chat_prompt(model, "")[-5:]  # keep the end-of-turn and assistant header
+    return ids[: length - len(tail)] + tail
+
+
+def measure_single(subjects: list[Subject], ids: list[int], opts: BenchOptions) -> list[dict[str, Any]]:
+    """Decode speed and TTFT; the subjects take turns run by run, so that a burst of load from
+    elsewhere on a shared machine hits all of them alike."""
+    for subject in subjects:
+        subject.decode(ids, 8)  # warm-up
+    ttfts: dict[str, list[float]] = {s.name: [] for s in subjects}
+    speeds: dict[str, list[float]] = {s.name: [] for s in subjects}
+    for _ in range(opts.runs):
+        for subject in subjects:
+            ttft, speed = subject.decode(ids, opts.tokens)
+            ttfts[subject.name].append(ttft)
+            speeds[subject.name].append(speed)
+            log.info("%s: decode %.1f tok/s, TTFT %.0f ms", subject.name, speed, 1000 * ttft)
+    return [
+        {
+            "subject": s.name,
+            "decode_tps": statistics.median(speeds[s.name]),
+            "decode_runs": speeds[s.name],
+            "ttft_ms": 1000 * statistics.median(ttfts[s.name]),
+            "prompt_tokens": len(ids),
+        }
+        for s in subjects
+    ]
+
+
+def measure_prefill(subjects: list[Subject], ids: list[int], opts: BenchOptions) -> list[dict[str, Any]]:
+    times: dict[str, list[float]] = {s.name: [] for s in subjects}
+    for _ in range(max(1, opts.runs)):
+        for subject in subjects:
+            times[subject.name].append(subject.prefill(ids))
+            log.info("%s: prefill %d tokens in %.2f s", subject.name, len(ids), times[subject.name][-1])
+    rows = []
+    for s in subjects:
+        seconds = statistics.median(times[s.name])
+        rows.append({"subject": s.name, "tokens": len(ids), "seconds": seconds, "tps": len(ids) / seconds})
+    return rows
+
+
+def measure_turns(model: Any, opts: BenchOptions) -> dict[str, list[float]]:
+    """TTFT per turn of one conversation, with its KV state kept and with none."""
+    from chatforge.engines.base import SamplingParams
+    from chatforge.messages import Message, Role
+
+    engine = model.engine
+    params = SamplingParams(
+        do_sample=False, max_new_tokens=opts.turn_tokens, stop_token_ids=model.template.stop_token_ids
+    )
+    state = engine.new_state()
+    messages: list[Message] = [Message(Role.SYSTEM, "You are a helpful assistant.")]
+    reuse, recompute = [], []
+    for turn in range(opts.turns):
+        messages.append(Message(Role.USER, QUESTIONS[turn % len(QUESTIONS)]))
+        ids = model.template.render(messages, add_generation_prompt=True).ids
+        chunks = list(engine.stream(ids, params, state=state))
+        reuse.append(1000 * (chunks[-1].stats.time_to_first_token or 0.0))
+        fresh = list(engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=1)))
+        recompute.append(1000 * (fresh[-1].stats.time_to_first_token or 0.0))
+        messages.append(Message(Role.ASSISTANT, "".join(c.text for c in chunks)))
+        log.info(
+            "turn %d: %d prompt tokens, TTFT %.0f ms (reuse) %.0f ms (recompute)",
+            turn + 1,
+            len(ids),
+            reuse[-1],
+            recompute[-1],
+        )
+    return {f"{engine.name} reuse": reuse, f"{engine.name} recompute": recompute}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, Any]:
+    """Start ``n`` requests together; aggregate tokens/s and latency percentiles."""
+    results: list[tuple[int, float]] = [(0, 0.0)] * n
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = one(i)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} streams failed: {errors[0]}")
+    tokens = sum(r[0] for r in results)
+    latencies = [r[1] for r in results]
+    return {
+        "streams": n,
+        "tokens": tokens,
+        "wall_s": wall,
+        "aggregate_tps": tokens / wall,
+        "p50_s": _percentile(latencies, 0.5),
+        "p95_s": _percentile(latencies, 0.95),
+    }
+
+
+def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
+    from chatforge.engines.base import SamplingParams
+
+    prompts = [chat_prompt(model, f"{STORY} (version {i})") for i in range(max(opts.streams))]
+    params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
+
+    def direct(i: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        chunks = list(model.engine.stream(prompts[i], params))
+        return chunks[-1].stats.completion_tokens, time.perf_counter() - started
+
+    rows = []
+    for n in opts.streams:
+        row = run_streams(n, direct)
+        row["path"] = f"{model.engine.name} engine directly"
+        rows.append(row)
+        log.info("%s, %d streams: %.1f tok/s", row["path"], n, row["aggregate_tps"])
+    if opts.server:
+        rows += measure_server(model, opts)
+    return rows
+
+
+def measure_server(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
+    """The same streams through chatforge's OpenAI-compatible server on loopback."""
+    try:
+        import httpx
+        import uvicorn
+
+        from chatforge.serve.app import create_app
+        from chatforge.serve.settings import ServeSettings
+    except ImportError as err:
+        log.warning("skipping the server measurement: %s", err)
+        return []
+    workers = max(max(opts.streams), getattr(model.engine, "max_batch", 1))
+    app = create_app(model, ServeSettings(max_queue=4 * workers, workers=workers, ui=False))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    def one(i: int) -> tuple[int, float]:
+        body = {
+            "model": "default",
+            "messages": [{"role": "user", "content": f"{STORY} (version {i})"}],
+            "max_tokens": opts.stream_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        started = time.perf_counter()
+        tokens = 0
+        with httpx.stream("POST", url, json=body, timeout=600) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                    usage = json.loads(line[5:]).get("usage")
+                    if usage:
+                        tokens = usage.get("completion_tokens", tokens)
+        return tokens, time.perf_counter() - started
+
+    rows = []
+    try:
+        for n in opts.streams:
+            row = run_streams(n, one)
+            row["path"] = f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"
+            rows.append(row)
+            log.info("server, %d streams: %.1f tok/s", n, row["aggregate_tps"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------
+def machine_info(threads: int | None) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads,
+        "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def report(results: Results, opts: BenchOptions) -> str:
+    m = results.machine
+    lines = [
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores; load average {m.get('load_before')} before, "
+        f"{m.get('load_after')} after; {m.get('when')}.",
+        f"Model: {opts.model}; greedy; median of {opts.runs} runs.",
+        "",
+    ]
+    if results.single:
+        lines += [
+            f"### Single stream ({results.single[0]['prompt_tokens']}-token prompt, {opts.tokens} new tokens)",
+            "",
+            "| engine | decode tokens/s | TTFT ms | runs (tokens/s) |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for r in results.single:
+            runs = ", ".join(f"{x:.1f}" for x in r["decode_runs"])
+            lines.append(f"| {r['subject']} | {r['decode_tps']:.1f} | {r['ttft_ms']:.0f} | {runs} |")
+        lines.append("")
+    if results.prefill:
+        lines += [
+            f"### Prefill ({results.prefill[0]['tokens']}-token prompt, nothing cached)",
+            "",
+            "| engine | tokens/s | seconds |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [f"| {r['subject']} | {r['tps']:.0f} | {r['seconds']:.2f} |" for r in results.prefill]
+        lines.append("")
+    if results.turns:
+        names = list(results.turns)
+        lines += [
+            f"### {opts.turns}-turn conversation: TTFT per turn (ms)",
+            "",
+            "| turn | " + " | ".join(names) + " |",
+            "| ---: | " + " | ".join("---:" for _ in names) + " |",
+        ]
+        for i in range(opts.turns):
+            lines.append(f"| {i + 1} | " + " | ".join(f"{results.turns[n][i]:.0f}" for n in names) + " |")
+        lines.append("")
+    if results.streams:
+        lines += [
+            f"### Concurrent streams ({opts.stream_tokens} tokens each)",
+            "",
+            "| path | streams | aggregate tokens/s | p50 latency s | p95 latency s |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['path']} | {r['streams']} | {r['aggregate_tps']:.1f} | {r['p50_s']:.1f} | {r['p95_s']:.1f} |"
+            for r in results.streams
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: Results, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("single", "prefill", "turns", "streams") if getattr(results, p)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "single":
+            names = [r["subject"].replace("plain ", "").replace("chatforge ", "cf ") for r in results.single]
+            ax.barh(names, [r["decode_tps"] for r in results.single], color="tab:blue")
+            ax.set_xlabel("decode tokens/s (single stream)")
+        elif panel == "prefill":
+            names = [r["subject"].replace("plain ", "").replace("chatforge ", "cf ") for r in results.prefill]
+            ax.barh(names, [r["tps"] for r in results.prefill], color="tab:orange")
+            ax.set_xlabel(f"prefill tokens/s ({results.prefill[0]['tokens']} tokens)")
+        elif panel == "turns":
+            for name, values in results.turns.items():
+                ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+            ax.set_xlabel("turn")
+            ax.set_ylabel("TTFT ms")
+            ax.legend(fontsize=8)
+        else:
+            for path_name in dict.fromkeys(r["path"] for r in results.streams):
+                rows = [r for r in results.streams if r["path"] == path_name]
+                ax.plot(
+                    [r["streams"] for r in rows],
+                    [r["aggregate_tps"] for r in rows],
+                    marker="o",
+                    label=path_name,
+                )
+            ax.set_xlabel("concurrent streams")
+            ax.set_ylabel("aggregate tokens/s")
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- running ----------------------------------------------------------------------------------
+def run_bench(opts: BenchOptions) -> Results:
+    from chatforge.chat import load_model
+
+    results = Results(machine=machine_info(opts.threads))
+    models: dict[str, Any] = {}
+    for engine in opts.engines:
+        options = {"n_threads": opts.threads} if opts.threads else {}
+        if engine == "llama.cpp":
+            options["n_parallel"] = max([*opts.streams, 1])
+        # 4,096 tokens per sequence holds every prompt here (the default, 8,192, doubles the KV memory).
+        context = 4096 if engine == "llama.cpp" else None
+        models[engine] = load_model(
+            opts.model, engine=engine, context_length=context, engine_options=options or None
+        )
+    first = next(iter(models.values()))
+    subjects: list[Subject] = [EngineSubject(m) for m in models.values()]
+    if opts.references:
+        subjects += _references(opts, models)
+    ids = chat_prompt(first, STORY)
+    results.single = measure_single(subjects, ids, opts)
+    if opts.prefill_tokens:
+        results.prefill = measure_prefill(subjects, long_prompt(first, opts.prefill_tokens), opts)
+    if opts.turns:
+        for model in models.values():
+            results.turns.update(measure_turns(model, opts))
+    if opts.streams:
+        for model in models.values():
+            results.streams += measure_streams(model, opts)
+    results.machine["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return results
+
+
+def _references(opts: BenchOptions, models: dict[str, Any]) -> list[Subject]:
+    subjects: list[Subject] = []
+    hf = models.get("transformers")
+    if hf is not None and hf.model is not None:
+        subjects.append(RawTransformers(hf.model))
+    else:
+        from chatforge.chat import load_model
+
+        subjects.append(RawTransformers(load_model(opts.model, engine="transformers").model))
+    try:
+        from chatforge.engines.select import resolve_gguf
+
+        subjects.append(RawLlamaCpp(resolve_gguf(opts.model), opts.threads))
+    except (ImportError, ValueError) as err:
+        log.warning("no plain llama.cpp reference: %s", err)
+    return subjects
+
+
+def add_bench_command(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark engines against plain transformers and llama.cpp")
+    defaults = BenchOptions()
+    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--engines", default=",".join(defaults.engines), help="comma-separated chatforge engines")
+    p.add_argument("--no-references", action="store_true", help="skip plain transformers / llama.cpp")
+    p.add_argument("--runs", type=int, default=defaults.runs)
+    p.add_argument("--tokens", type=int, default=defaults.tokens)
+    p.add_argument("--prefill-tokens", type=int, default=defaults.prefill_tokens)
+    p.add_argument("--turns", type=int, default=defaults.turns)
+    p.add_argument("--turn-tokens", type=int, default=defaults.turn_tokens)
+    p.add_argument(
+        "--streams", default="1,4,16", help="comma-separated concurrent stream counts ('' to skip)"
+    )
+    p.add_argument("--stream-tokens", type=int, default=defaults.stream_tokens)
+    p.add_argument("--no-server", action="store_true", help="skip the HTTP server measurement")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the Markdown report here")
+    p.add_argument("--plot", default=None, help="write a PNG plot here")
+    p.add_argument("--json", dest="json_out", default=None, help="write raw results as JSON here")
+    p.set_defaults(handler=run_bench_command)
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(
+        model=args.model,
+        engines=[e.strip() for e in args.engines.split(",") if e.strip()],
+        references=not args.no_references,
+        runs=args.runs,
+        tokens=args.tokens,
+        prefill_tokens=args.prefill_tokens,
+        turns=args.turns,
+        turn_tokens=args.turn_tokens,
+        streams=[int(s) for s in args.streams.split(",") if s.strip()],
+        stream_tokens=args.stream_tokens,
+        server=not args.no_server,
+        threads=args.threads,
+        out=args.out,
+        plot=args.plot,
+        json_out=args.json_out,
+    )
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
+    results = run_bench(opts)
+    text = report(results, opts)
+    print(text)
+    if opts.out:
+        Path(opts.out).write_text(text + "\n")
+    if opts.plot:
+        plot(results, opts.plot)
+    if opts.json_out:
+        Path(opts.json_out).write_text(json.dumps(results.__dict__, indent=1))
+    return 0

@@ -1,0 +1,314 @@
+"""Continuous batching: concurrent requests decoded together, joining and leaving the batch.
+
+One worker thread owns the model. A caller's ``generate_ids`` submits a :class:`Request`
+and reads its tokens from a queue. Each step the worker
+
+1. lets go of requests whose reader stopped (stop string, budget, cancel, error) and
+   records what their KV cache holds in their :class:`KVState`;
+2. admits waiting requests while there is room, reusing each conversation's cached
+   prefix (the subclass decides where a conversation's cache lives);
+3. runs one forward pass over the batch: one token for every decoding request, plus a
+   chunk of each new prompt (chunked prefill, so a long prompt never stalls the others);
+4. samples each request's next token and hands it over.
+
+Subclasses implement ``_admit``, ``_forward`` and ``_release``. A request's cache ends up
+exactly as a one-at-a-time engine would leave it: the prompt plus every consumed token but
+the last, whatever the worker computed ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from chatforge.engines.base import Engine, EngineError, GenerationStats, KVState, SamplingParams
+from chatforge.engines.sampling import apply_penalties, sample
+
+log = logging.getLogger(__name__)
+
+_END = object()
+# How much probability mass the candidates kept for top-p sampling must hold for the
+# shortcut to be exact (see TokenSampler).
+_CANDIDATES = 1024
+_IDLE_EXIT = 10.0  # seconds a worker thread waits for work before it ends
+
+
+class TokenSampler:
+    """One request's next-token choice from a row of logits, with its penalties and seed."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int]) -> None:
+        self.params = params
+        self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self.penalised = (
+            params.repetition_penalty != 1.0 or params.presence_penalty != 0 or params.frequency_penalty != 0
+        )
+        self.seen = list(prompt_ids)
+        self.counts: dict[int, int] = {}
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.params.greedy and not self.penalised:
+            best = int(logits.argmax())
+            if np.isfinite(logits[best]):
+                return best
+        row = torch.from_numpy(np.array(logits, dtype=np.float32, copy=True)).unsqueeze(0)
+        if self.penalised:
+            counts = None
+            if self.counts:
+                counts = torch.zeros_like(row)
+                index = torch.tensor(list(self.counts), dtype=torch.long)
+                counts[0, index] = torch.tensor(list(self.counts.values()), dtype=torch.float32)
+            seen = torch.tensor([self.seen], dtype=torch.long)
+            row = apply_penalties(row, seen, counts, self.params)
+        return self._sample(row)
+
+    def _sample(self, row: torch.Tensor) -> int:
+        params = self.params
+        if params.greedy or params.top_k or params.top_p >= 1.0 or row.shape[-1] <= _CANDIDATES:
+            return int(sample(row, params, self.generator)[0])
+        # Top-p over a 150k vocabulary sorts it all at every step. The nucleus nearly always
+        # lies within the best few hundred tokens: when the top candidates already hold
+        # top_p of the probability, sampling among them is exactly the same distribution.
+        scaled = row / max(params.temperature, 1e-5)
+        values, index = torch.topk(scaled, _CANDIDATES, dim=-1)
+        mass = torch.exp(values - torch.logsumexp(scaled, dim=-1, keepdim=True)).sum()
+        if not torch.isfinite(values).all() or float(mass) < params.top_p:
+            return int(sample(row, params, self.generator)[0])
+        return int(index[0, int(sample(values * max(params.temperature, 1e-5), params, self.generator)[0])])
+
+    def observe(self, token: int) -> None:
+        if self.penalised:
+            self.seen.append(token)
+            self.counts[token] = self.counts.get(token, 0) + 1
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation in flight, shared by its reader and the worker."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    stats: GenerationStats
+    state: KVState | None
+    cancel: threading.Event | None
+    budget: int
+    sampler: TokenSampler
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    released: threading.Event = field(default_factory=threading.Event)
+    todo: list[int] = field(default_factory=list)  # ids to run through the model next
+    generated: list[int] = field(default_factory=list)
+    slot: Any = None  # where the subclass keeps this request's cache
+    consumed: int = 0  # tokens the reader has taken
+    closed: bool = False  # the reader went away
+    finished: bool = False  # no more tokens will be made
+    started: float = 0.0
+
+    @property
+    def decoding(self) -> bool:
+        return not self.finished and bool(self.todo)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.tokens.put(error if error is not None else _END)
+
+
+@dataclass
+class Work:
+    """What one request contributes to a step: ids to feed and whether its logits are wanted."""
+
+    request: Request
+    ids: list[int]
+    logits: bool
+
+
+class BatchingEngine(Engine):
+    """An engine whose requests share forward passes through one worker thread."""
+
+    def __init__(self, tokenizer: Any, context_length: int, max_batch: int, max_step_tokens: int) -> None:
+        super().__init__(tokenizer, context_length)
+        self.max_batch = max_batch
+        self.max_step_tokens = max_step_tokens
+        self._cond = threading.Condition()
+        self._waiting: list[Request] = []
+        self._active: list[Request] = []
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+
+    # -- the caller's side -------------------------------------------------------
+    def generate_ids(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stats: GenerationStats,
+        state: KVState | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[int]:
+        budget = max(1, min(params.max_new_tokens, self.context_length - len(prompt_ids)))
+        request = Request(
+            list(prompt_ids), params, stats, state, cancel, budget, TokenSampler(params, prompt_ids)
+        )
+        self._submit(request)
+        try:
+            while True:
+                item = request.tokens.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                request.consumed += 1
+                yield item
+        finally:
+            with self._cond:
+                request.closed = True
+                self._cond.notify_all()
+            request.released.wait()
+
+    def _submit(self, request: Request) -> None:
+        with self._cond:
+            if self._stopping:
+                raise EngineError(f"the {self.name} engine is closed")
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name=f"{self.name}-batch", daemon=True)
+                self._worker.start()
+            self._waiting.append(request)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+
+    # -- the worker's side ---------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._has_work():
+                    if not self._cond.wait(_IDLE_EXIT) and not self._active and not self._waiting:
+                        # Idle: end the thread, so that an engine nobody uses can be freed
+                        # (the thread holds it); the next request starts a new one.
+                        self._worker = None
+                        return
+                if self._stopping:
+                    for request in self._waiting + self._active:
+                        request.finish(EngineError(f"the {self.name} engine was closed"))
+                        request.released.set()
+                    return
+                closed = [r for r in self._active if r.closed]
+                self._active = [r for r in self._active if not r.closed]
+                waiting = list(self._waiting)
+            for request in closed:
+                self._let_go(request)
+            admitted = []
+            for request in waiting:
+                if request.closed:  # gave up before it started
+                    request.released.set()
+                    admitted.append(request)
+                elif len(self._active) < self.max_batch and self._start(request):
+                    self._active.append(request)
+                    admitted.append(request)
+            with self._cond:
+                self._waiting = [r for r in self._waiting if r not in admitted]
+            for request in self._active:
+                if request.cancel is not None and request.cancel.is_set():
+                    request.finish()
+            if not self._step() and not admitted and not closed:
+                with self._cond:  # nothing could move (no free cache): wait for a change
+                    self._cond.wait(0.05)
+
+    def _has_work(self) -> bool:
+        return (
+            any(r.closed or r.decoding for r in self._active)
+            or (bool(self._waiting) and len(self._active) < self.max_batch)
+            or any(r.closed for r in self._waiting)
+        )
+
+    def _start(self, request: Request) -> bool:
+        try:
+            if not self._admit(request):
+                return False
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            log.exception("admitting a request failed")
+            request.finish(err)
+            self._let_go(request)
+            return False
+        request.started = time.perf_counter()
+        return True
+
+    def _let_go(self, request: Request) -> None:
+        # The reader consumed `consumed` tokens; a one-at-a-time engine would hold the
+        # prompt plus all of them but the last in its cache.
+        keep = len(request.prompt_ids) + max(request.consumed - 1, 0)
+        try:
+            self._release(request, keep)
+        except Exception:  # noqa: BLE001 - the request is over either way
+            log.exception("releasing a request failed")
+        finally:
+            request.released.set()
+
+    def _step(self) -> bool:
+        room = self.max_step_tokens
+        work: list[Work] = []
+        # Decoding requests first (one token each), then prompt chunks in the room left.
+        for request in sorted(self._active, key=lambda r: len(r.todo) > 1):
+            if not request.decoding or room <= 0:
+                continue
+            ids = request.todo[:room]
+            work.append(Work(request, ids, logits=len(ids) == len(request.todo)))
+            room -= len(ids)
+        if not work:
+            return False
+        started = time.perf_counter()
+        try:
+            rows = self._forward(work)
+        except Exception as err:  # noqa: BLE001 - every request in the step gets the error
+            log.exception("%s forward pass failed", self.name)
+            for item in work:
+                item.request.finish(err if isinstance(err, EngineError) else EngineError(str(err)))
+            return True
+        elapsed = time.perf_counter() - started
+        for item, row in zip(work, rows):
+            request = item.request
+            request.todo = request.todo[len(item.ids) :]
+            if not request.generated:
+                request.stats.prefill_seconds += elapsed
+            if row is None:
+                continue
+            try:
+                token = request.sampler(row)
+            except Exception as err:  # noqa: BLE001 - NaN logits and the like, for this request only
+                request.finish(err)
+                continue
+            request.sampler.observe(token)
+            request.generated.append(token)
+            request.tokens.put(token)
+            if len(request.generated) >= request.budget or token in request.params.stop_token_ids:
+                request.finish()
+            else:
+                request.todo = [token]
+        return True
+
+    # -- what a subclass provides --------------------------------------------------
+    @abstractmethod
+    def _admit(self, request: Request) -> bool:
+        """Give the request a cache (reusing its state's prefix), set ``request.todo`` to the
+        prompt ids still to compute and fill ``stats.reused_tokens``/``computed_tokens``.
+        Return False to leave it waiting (no room now)."""
+
+    @abstractmethod
+    def _forward(self, work: list[Work]) -> list[np.ndarray | None]:
+        """Run the step; the last position's logits (float32, vocab) for each item that wants them."""
+
+    @abstractmethod
+    def _release(self, request: Request, keep: int) -> None:
+        """The request is over: keep the first ``keep`` cached ids for its state (if any)."""

@@ -1,0 +1,297 @@
+"""The llama.cpp engine: fast CPU inference on GGUF files through llama-cpp-python's C API.
+
+Token ids in, token ids out, like every engine: chatforge's template renders the prompt
+with the model's Hugging Face tokenizer, whose ids equal the GGUF vocabulary's.
+
+One llama.cpp context holds ``n_parallel`` sequences, each with its own part of the KV
+cache. Concurrent requests are decoded together through llama.cpp's batch API
+(continuous batching, see :mod:`chatforge.engines.batching`), and a conversation's
+:class:`KVState` stays bound to its sequence between turns, so turn N only computes the
+tokens after the longest common prefix. When every sequence is taken, the one idle
+longest is given to the newcomer.
+
+On CPUs with AMX, llama.cpp's AMX matrix path (an "extra buffer type") crashes on the
+first decode in builds that compile it in; the engine turns extra buffer types off on
+such CPUs (``use_extra_bufts=False``), which costs nothing measurable.
+
+Flash attention is off by default: on CPU it changed greedy output against plain
+``llama_cpp.Llama`` (which it matches exactly without it) for a small speed gain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatforge.engines.base import EngineError, KVState, common_prefix
+from chatforge.engines.batching import BatchingEngine, Request, Work
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the llama.cpp engine needs llama-cpp-python: pip install 'chatforge[llama]' "
+    "(or `make install`, which builds it; about 4 minutes)"
+)
+
+
+def import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise EngineError(f"{INSTALL_HINT} ({err})") from None
+    return llama_cpp
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_tile" in flags or "amx_int8" in flags or "amx_bf16" in flags
+
+
+def extra_buffers_default() -> bool:
+    """Whether to let llama.cpp use extra buffer types (repacked and AMX weights): not on AMX CPUs."""
+    return not cpu_has_amx()
+
+
+def default_threads() -> int:
+    """Physical cores available to this process (llama.cpp gains nothing from SMT siblings)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count() or 1
+    return max(1, available)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One llama.cpp sequence: the ids its KV cache holds and the conversation it serves."""
+
+    seq_id: int
+    ids: list[int] = field(default_factory=list)
+    owner: KVState | None = None
+    busy: bool = False
+    last_used: float = 0.0
+
+
+class LlamaCppEngine(BatchingEngine):
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        tokenizer: Any,
+        *,
+        context_length: int | None = None,
+        n_parallel: int = 4,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        flash_attn: bool = False,
+        n_gpu_layers: int = 0,
+        extra_buffers: bool | None = None,
+        verbose: bool = False,
+    ) -> None:
+        llama_cpp = import_llama_cpp()
+        from llama_cpp import _logger
+
+        _logger.set_verbose(verbose)
+        self._lib = llama_cpp
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        started = time.perf_counter()
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        mparams.use_extra_bufts = extra_buffers_default() if extra_buffers is None else extra_buffers
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise EngineError(f"llama.cpp could not load {path} (is it a GGUF model file?)")
+        trained = int(llama_cpp.llama_model_n_ctx_train(self._model))
+        per_sequence = min(context_length or min(trained, 8192), trained)
+        threads = n_threads or default_threads()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = per_sequence * n_parallel
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_parallel
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = False  # each sequence its own cache: a step attends to its own tokens only
+        cparams.no_perf = True
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise EngineError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {path}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._sequences = [_Sequence(i) for i in range(n_parallel)]
+        self.model_path = path
+        self.n_threads = threads
+        super().__init__(tokenizer, per_sequence, max_batch=n_parallel, max_step_tokens=n_batch)
+        log.info(
+            "llama.cpp loaded %s in %.1f s: %d sequences x %d tokens, %d threads, flash attention %s%s",
+            path.name,
+            time.perf_counter() - started,
+            n_parallel,
+            per_sequence,
+            threads,
+            "on" if flash_attn else "off",
+            "" if mparams.use_extra_bufts else ", extra buffer types off (AMX CPU)",
+        )
+
+    # -- batching hooks --------------------------------------------------------------
+    def _admit(self, request: Request) -> bool:
+        state = request.state
+        sequence = self._bound(state)
+        if sequence is None:
+            sequence = self._free_sequence()
+            if sequence is None:
+                return False
+            self._clear(sequence)
+            sequence.owner = state
+            if state is not None:
+                state.cache = (id(self), sequence.seq_id)
+        # At least one prompt token is computed, to have logits for the next token.
+        reuse = min(common_prefix(sequence.ids, request.prompt_ids), len(request.prompt_ids) - 1)
+        self._truncate(sequence, max(reuse, 0))
+        reuse = len(sequence.ids)
+        sequence.busy = True
+        request.slot = sequence
+        request.todo = request.prompt_ids[reuse:]
+        request.stats.reused_tokens = reuse
+        request.stats.computed_tokens = len(request.prompt_ids) - reuse
+        return True
+
+    def _bound(self, state: KVState | None) -> _Sequence | None:
+        if state is None or not isinstance(state.cache, tuple) or state.cache[0] != id(self):
+            return None
+        sequence = self._sequences[state.cache[1]]
+        if sequence.owner is not state or sequence.busy:
+            return None
+        return sequence
+
+    def _free_sequence(self) -> _Sequence | None:
+        idle = [s for s in self._sequences if not s.busy]
+        if not idle:
+            return None
+        # An unowned sequence first, then the one idle longest (its conversation recomputes later).
+        return min(idle, key=lambda s: (s.owner is not None, s.last_used))
+
+    def _clear(self, sequence: _Sequence) -> None:
+        if sequence.owner is not None:
+            sequence.owner.ids, sequence.owner.cache = [], None
+        self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+        sequence.ids, sequence.owner = [], None
+
+    def _truncate(self, sequence: _Sequence, keep: int) -> None:
+        if keep < len(sequence.ids):
+            if not self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, keep, -1):
+                self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+                keep = 0
+            sequence.ids = sequence.ids[:keep]
+
+    def _forward(self, work: list[Work]) -> list[np.ndarray | None]:
+        batch = self._batch
+        n = 0
+        wanted: list[int | None] = []
+        for item in work:
+            sequence: _Sequence = item.request.slot
+            start = len(sequence.ids)
+            for j, token in enumerate(item.ids):
+                batch.token[n] = token
+                batch.pos[n] = start + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = sequence.seq_id
+                batch.logits[n] = 0
+                n += 1
+            if item.logits:
+                batch.logits[n - 1] = 1
+            wanted.append(n - 1 if item.logits else None)
+        batch.n_tokens = n
+        status = self._lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            # The cache is restored on these codes; nothing of this step is kept.
+            raise EngineError(
+                f"llama.cpp decode failed with status {status}"
+                + (" (no room left in the KV cache)" if status == 1 else "")
+            )
+        rows: list[np.ndarray | None] = []
+        for item, index in zip(work, wanted):
+            sequence = item.request.slot
+            sequence.ids.extend(item.ids)
+            if index is None:
+                rows.append(None)
+                continue
+            pointer = self._lib.llama_get_logits_ith(self._ctx, index)
+            rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+        return rows
+
+    def _release(self, request: Request, keep: int) -> None:
+        sequence: _Sequence | None = request.slot
+        if sequence is None:
+            return
+        sequence.busy = False
+        sequence.last_used = time.monotonic()
+        state = request.state
+        if state is None or sequence.owner is not state:
+            self._clear(sequence)
+            return
+        self._truncate(sequence, min(keep, len(sequence.ids)))
+        state.ids = list(sequence.ids)
+        state.cache = (id(self), sequence.seq_id)
+
+    # -- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        super().close()
+        lib = self._lib
+        if getattr(self, "_ctx", None):
+            lib.llama_batch_free(self._batch)
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- tokenizer checks ------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """The GGUF vocabulary's own tokenization (to check it agrees with the HF tokenizer)."""
+        lib = self._lib
+        vocab = lib.llama_model_get_vocab(self._model)
+        data = text.encode()
+        size = len(data) + 8
+        out = (lib.llama_token * size)()
+        n = lib.llama_tokenize(vocab, data, len(data), out, size, False, special)
+        if n < 0:
+            raise EngineError(f"llama.cpp tokenize needs {-n} slots")
+        return list(out[:n])
+
+    def piece(self, token: int) -> bytes:
+        lib = self._lib
+        vocab = lib.llama_model_get_vocab(self._model)
+        buf = ctypes.create_string_buffer(256)
+        n = lib.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)]

@@ -1,0 +1,257 @@
+"""Choosing an engine for a model and a machine, and building the non-transformers ones.
+
+``--engine auto`` picks, from what was measured (docs/benchmarks.md):
+
+* ``remote`` when a remote URL is given;
+* ``transformers`` when an adapter is attached, weights are quantized with bitsandbytes,
+  a device map is given, or the device is a GPU (its kernels beat llama.cpp's CPU path
+  there, and adapters/training need the torch module);
+* ``llama.cpp`` on CPU when the model exists as a GGUF file (the embedded default always
+  does) and llama-cpp-python is installed: it decodes about twice as fast as transformers;
+* ``transformers`` otherwise.
+
+Quantization for transformers (``--quantize int8|int4``) uses bitsandbytes and needs CUDA;
+GGUF files carry their own quantization level, which llama.cpp uses as it is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "transformers", "llama.cpp", "remote")
+QUANTIZE = ("int8", "int4")
+
+
+@dataclass
+class BuiltEngine:
+    engine: Any
+    tokenizer: Any
+    name: str
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def normalise_engine(engine: str | None) -> str:
+    name = (engine or "auto").lower().replace("_", ".")
+    aliases = {"llamacpp": "llama.cpp", "llama": "llama.cpp", "hf": "transformers", "openai": "remote"}
+    name = aliases.get(name, name)
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    return name
+
+
+def gguf_for(ref: str | Path) -> Path | None:
+    """The GGUF file a reference stands for, if there is one (without assembling anything)."""
+    text = str(ref)
+    if text == "default":
+        return Path("default")  # assembled from the installed packages on demand
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+    return None
+
+
+def choose_engine(
+    ref: str | Path,
+    engine: str | None = "auto",
+    *,
+    device: str | None = "auto",
+    adapter: Any = None,
+    quantize: str | None = None,
+    device_map: Any = None,
+    remote_url: str | None = None,
+) -> str:
+    """The engine to use for this model on this machine (see the module docstring)."""
+    name = normalise_engine(engine)
+    if name != "auto":
+        return name
+    if remote_url:
+        return "remote"
+    if adapter is not None or quantize or device_map is not None:
+        return "transformers"
+    dev = (device or "auto").lower()
+    if dev.startswith(("cuda", "mps")):
+        return "transformers"
+    if dev == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return "transformers"
+    if gguf_for(ref) is not None and llama_cpp_available():
+        return "llama.cpp"
+    return "transformers"
+
+
+def build_engine(
+    ref: str | Path,
+    engine: str,
+    *,
+    adapter: Any = None,
+    context_length: int | None = None,
+    remote_url: str | None = None,
+    remote_model: str | None = None,
+    remote_api_key: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> BuiltEngine:
+    """A llama.cpp or remote engine with the tokenizer of ``ref``."""
+    options = dict(options or {})
+    if engine == "remote":
+        from chatforge.engines.remote import RemoteEngine
+
+        if not remote_url:
+            raise ValueError("engine 'remote' needs a URL: --remote-url http://host:port/v1")
+        if adapter is not None:
+            raise ValueError("adapters cannot be attached to a remote engine; serve the merged model there")
+        tokenizer, name = load_tokenizer(ref)
+        for local_only in ("n_parallel", "n_threads"):  # the server decides these
+            options.pop(local_only, None)
+        remote = RemoteEngine(
+            remote_url,
+            tokenizer,
+            model=remote_model,
+            api_key=remote_api_key,
+            context_length=context_length,
+            **options,
+        )
+        return BuiltEngine(remote, tokenizer, remote.model)
+    if engine == "llama.cpp":
+        from chatforge.engines.llamacpp import LlamaCppEngine, import_llama_cpp
+
+        import_llama_cpp()  # a clear error before anything heavy when it is not installed
+        if adapter is not None:
+            raise ValueError(
+                "the llama.cpp engine cannot attach PEFT adapters; use --engine transformers, "
+                "or merge the adapter (chatforge export) and convert the result to GGUF"
+            )
+        gguf = resolve_gguf(ref)
+        tokenizer, name = load_tokenizer(ref)
+        built = LlamaCppEngine(gguf, tokenizer, context_length=context_length, **options)
+        return BuiltEngine(built, tokenizer, name)
+    raise ValueError(f"build_engine does not build {engine!r} engines")
+
+
+def resolve_gguf(ref: str | Path) -> Path:
+    gguf = gguf_for(ref)
+    if gguf is None:
+        raise ValueError(
+            f"the llama.cpp engine needs a .gguf file and {str(ref)!r} is not one; "
+            "pass a .gguf file or use --engine transformers"
+        )
+    if str(gguf) == "default":
+        from chatforge.models.embedded import DEFAULT, assemble_gguf
+
+        return assemble_gguf(DEFAULT)
+    return gguf
+
+
+def load_tokenizer(ref: str | Path) -> tuple[Any, str]:
+    """The Hugging Face tokenizer (with chat template) for a model reference, without weights."""
+    from transformers import AutoTokenizer
+
+    text = str(ref)
+    if text == "default":
+        from chatforge.models.embedded import DEFAULT, ensure_hf_dir
+
+        return AutoTokenizer.from_pretrained(ensure_hf_dir(DEFAULT), local_files_only=True), DEFAULT.name
+    path = Path(text).expanduser()
+    gguf = gguf_for(path)
+    if gguf is not None:
+        return gguf_tokenizer(gguf), gguf.stem
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True), path.name
+    raise FileNotFoundError(
+        f"no tokenizer at {text!r}: pass 'default', a model or tokenizer directory, or a .gguf file"
+    )
+
+
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The tokenizer built from a GGUF file's metadata, cached: building it takes seconds,
+    loading the saved copy milliseconds."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    from chatforge.models.embedded import cache_dir
+
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{key}"
+    if (cached / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    log.info("reading the tokenizer of %s (once)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    try:
+        tokenizer.save_pretrained(cached)
+    except OSError as err:
+        log.warning("could not cache the tokenizer of %s: %s", gguf.name, err)
+    return tokenizer
+
+
+# -- quantization and device maps (transformers) --------------------------------------
+def quantization_config(quantize: str | None, device: str | None) -> Any:
+    """A bitsandbytes config for ``--quantize``; a clear error where it cannot work."""
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantization {quantize!r}; use int8 or int4 (GGUF files carry their own)")
+    import torch
+
+    dev = (device or "auto").lower()
+    if dev.startswith("cpu") or dev == "mps" or not torch.cuda.is_available():
+        raise ValueError(
+            f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU; on CPU use a quantized "
+            "GGUF file with --engine llama.cpp (the default model is already Q4_K_M)"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"--quantize {quantize} needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+def load_quantized_weights(
+    source: Any,
+    *,
+    quantize: str | None,
+    device: str | None,
+    dtype: str | None,
+    device_map: Any = None,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) loaded with bitsandbytes quantization and/or a device map."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chatforge.models.device import resolve_device, resolve_dtype
+
+    if source.kind != "hf":
+        raise ValueError(
+            f"--quantize/--device-map need a Hugging Face model directory; {source.path} is {source.kind}"
+        )
+    config = quantization_config(quantize, device)
+    dev = resolve_device(device if device_map is None else "auto")
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, dev), "local_files_only": True}
+    if config is not None:
+        kwargs["quantization_config"] = config
+    kwargs["device_map"] = device_map if device_map is not None else ("auto" if config is not None else None)
+    log.info("loading %s with quantize=%s device_map=%s", source.name, quantize, kwargs["device_map"])
+    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    return model, tokenizer

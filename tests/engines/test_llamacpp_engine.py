@@ -1,0 +1,282 @@
+"""The llama.cpp engine on a real GGUF (SmolLM2-135M): greedy output, KV reuse across turns,
+concurrent requests decoded together, stops, cancel, and vocabulary agreement with the
+Hugging Face tokenizer. The AMX-crash guard for the real default model is at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from chatforge.engines.base import PromptTooLongError, SamplingParams
+
+GREEDY = dict(do_sample=False, max_new_tokens=12)
+
+
+def chat_ids(tokenizer, text):
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+def run(engine, ids, params, state=None, cancel=None):
+    chunks = list(engine.stream(ids, params, state=state, cancel=cancel))
+    return [t for c in chunks for t in c.token_ids], chunks[-1]
+
+
+REFERENCE = textwrap.dedent(
+    """
+    import json, sys
+    import llama_cpp
+
+    path, ids, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    llm = llama_cpp.Llama(path, n_ctx=1024, verbose=False)
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=1):
+        out.append(token)
+        if len(out) == n:
+            break
+    print(json.dumps(out))
+    """
+)
+
+
+def test_greedy_matches_plain_llama_cpp(smollm_engine, smollm_tokenizer, smollm_path):
+    """Token for token what llama-cpp-python's own ``Llama.generate`` gives (run in a child
+    process: a crashing build must fail this test, not kill the test run)."""
+    ids = chat_ids(smollm_tokenizer, "What is 2+2?")
+    out, last = run(smollm_engine, ids, SamplingParams(do_sample=False, max_new_tokens=16))
+    assert "4" in smollm_tokenizer.decode(out)
+    assert last.stats.prompt_tokens == len(ids) and last.stats.completion_tokens == len(out)
+    proc = subprocess.run(
+        [sys.executable, "-c", REFERENCE, str(smollm_path), json.dumps(ids), "16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == out
+
+
+def test_kv_state_reuses_the_common_prefix(smollm_engine, smollm_tokenizer):
+    state = smollm_engine.new_state()
+    first = chat_ids(smollm_tokenizer, "Name a colour.")
+    out1, last1 = run(smollm_engine, first, SamplingParams(**GREEDY), state)
+    assert (last1.stats.reused_tokens, last1.stats.computed_tokens) == (0, len(first))
+    follow = first + out1 + smollm_tokenizer.encode("\nAnd another one?", add_special_tokens=False)
+    out2, last2 = run(smollm_engine, follow, SamplingParams(**GREEDY), state)
+    # As with transformers: the prompt and every generated token but the last are reused.
+    assert last2.stats.reused_tokens == len(first) + len(out1) - 1
+    assert last2.stats.computed_tokens == len(follow) - last2.stats.reused_tokens
+    assert out2 == run(smollm_engine, follow, SamplingParams(**GREEDY))[0]
+    # A diverging prompt keeps only the common prefix.
+    other = chat_ids(smollm_tokenizer, "Name an animal.")
+    _, last3 = run(smollm_engine, other, SamplingParams(**GREEDY), state)
+    common = next(i for i, (a, b) in enumerate(zip(follow, other)) if a != b)
+    assert last3.stats.reused_tokens == common
+
+
+def test_concurrent_requests_match_one_at_a_time(smollm_engine, smollm_tokenizer):
+    prompts = [chat_ids(smollm_tokenizer, q) for q in ("Count to five.", "Say hello.", "What is 2+2?", "Hi!")]
+    params = SamplingParams(do_sample=False, max_new_tokens=6)
+    alone = [run(smollm_engine, p, params)[0] for p in prompts]
+    results: list = [None] * len(prompts)
+
+    def worker(i):
+        results[i] = run(smollm_engine, prompts[i], params)[0]
+
+    # Four requests on three sequences: one waits for a free sequence, then joins.
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == alone
+
+
+def test_an_evicted_conversation_is_recomputed_correctly(smollm_engine, smollm_tokenizer):
+    params = SamplingParams(do_sample=False, max_new_tokens=6)
+    state = smollm_engine.new_state()
+    ids = chat_ids(smollm_tokenizer, "Tell me a fact.")
+    out, _ = run(smollm_engine, ids, params, state)
+    others = [smollm_engine.new_state() for _ in range(3)]  # three sequences: the oldest goes
+    for i, s in enumerate(others):
+        run(smollm_engine, chat_ids(smollm_tokenizer, f"Number {i}"), params, s)
+    follow = ids + out + smollm_tokenizer.encode("\nMore?", add_special_tokens=False)
+    again, last = run(smollm_engine, follow, params, state)
+    assert last.stats.reused_tokens == 0
+    assert again == run(smollm_engine, follow, params)[0]
+
+
+def test_stop_token_stop_string_and_length(smollm_engine, smollm_tokenizer):
+    ids = chat_ids(
+        smollm_tokenizer, "What is 2+2?"
+    )  # "The answer to this classic math problem is 4.<|im_end|>"
+    eos = smollm_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out, last = run(
+        smollm_engine, ids, SamplingParams(do_sample=False, max_new_tokens=24, stop_token_ids=[eos])
+    )
+    assert last.finish_reason == "stop" and eos not in out
+    word = smollm_tokenizer.decode(out).split()[2]
+    chunks = list(smollm_engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=24, stop=[word])))
+    assert chunks[-1].finish_reason == "stop" and word not in "".join(c.text for c in chunks)
+    _, last = run(smollm_engine, ids, SamplingParams(do_sample=False, max_new_tokens=3))
+    assert last.finish_reason == "length" and last.stats.completion_tokens == 3
+
+
+def test_seeded_sampling_is_reproducible(smollm_engine, smollm_tokenizer):
+    ids = chat_ids(smollm_tokenizer, "Write a word.")
+    params = dict(do_sample=True, temperature=1.2, top_p=0.9, max_new_tokens=8, seed=11)
+    a, _ = run(smollm_engine, ids, SamplingParams(**params))
+    b, _ = run(smollm_engine, ids, SamplingParams(**params))
+    assert a == b and len(a) == 8
+    penalised, _ = run(
+        smollm_engine, ids, SamplingParams(**params, repetition_penalty=1.3, presence_penalty=0.5)
+    )
+    assert len(penalised) == 8
+
+
+def test_cancel_stops_at_once(smollm_engine, smollm_tokenizer):
+    cancel = threading.Event()
+    count = 0
+    for chunk in smollm_engine.stream(
+        chat_ids(smollm_tokenizer, "Tell a long story."),
+        SamplingParams(do_sample=False, max_new_tokens=200),
+        cancel=cancel,
+    ):
+        count += 1
+        if count == 3:
+            cancel.set()
+        if chunk.stats:
+            assert chunk.finish_reason == "cancelled" and chunk.stats.completion_tokens <= 5
+
+
+def test_prompt_longer_than_the_sequence_context(smollm_engine):
+    with pytest.raises(PromptTooLongError, match="context window is 1024"):
+        list(smollm_engine.stream(list(range(100, 1200)), SamplingParams(**GREEDY)))
+
+
+def test_gguf_vocab_ids_equal_the_hf_tokenizer(smollm_engine, smollm_tokenizer):
+    check_vocab(smollm_engine, smollm_tokenizer)
+
+
+def check_vocab(engine, tokenizer):
+    texts = [
+        "Hello, world! How are you today?",
+        "def add(a, b):\n    return a + b\n",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "数字 123 and émojis 🎉",
+    ]
+    for text in texts:
+        assert engine.tokenize(text) == tokenizer.encode(text, add_special_tokens=False), text
+    n = min(len(tokenizer), engine.n_vocab)
+    checked = 0
+    for token in range(0, n, max(1, n // 2000)):
+        name = tokenizer.convert_ids_to_tokens(token)
+        if name.startswith("[PAD"):  # unused padding ids at the end of the embedding matrix
+            continue
+        text = tokenizer.convert_tokens_to_string([name]).encode()
+        if b"\xef\xbf\xbd" in text:  # a partial UTF-8 byte: no text of its own
+            continue
+        assert engine.piece(token) == text, token
+        checked += 1
+    assert checked > 1000
+
+
+def test_extra_buffer_types_are_off_on_amx_cpus(monkeypatch):
+    from chatforge.engines import llamacpp
+
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
+    assert llamacpp.extra_buffers_default() is False
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
+    assert llamacpp.extra_buffers_default() is True
+
+
+# -- the real default model -------------------------------------------------------------
+CRASH_PROBE = textwrap.dedent(
+    """
+    from chatforge.engines.llamacpp import LlamaCppEngine
+    from chatforge.engines.select import load_tokenizer, resolve_gguf
+    from chatforge.engines.base import SamplingParams
+
+    tokenizer, _ = load_tokenizer("default")
+    engine = LlamaCppEngine(resolve_gguf("default"), tokenizer, context_length=2048, n_parallel=2)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_dict=False)
+    chunks = list(engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=8)))
+    print("TOKENS", chunks[-1].stats.completion_tokens)
+    engine.close()
+    """
+)
+
+
+@pytest.mark.integration
+def test_default_gguf_decodes_without_crashing():
+    """llama.cpp's AMX path segfaults on the first decode on AMX CPUs (MODELS.md); a crash kills
+    the process, so the decode runs in a child and its exit status is checked."""
+    pytest.importorskip("llama_cpp")
+    from chatforge.models.embedded import EmbeddedModelError, part_paths
+
+    try:
+        part_paths()
+    except EmbeddedModelError as err:
+        pytest.skip(str(err))
+    proc = subprocess.run([sys.executable, "-c", CRASH_PROBE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"llama.cpp decode exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "TOKENS 8" in proc.stdout
+
+
+@pytest.mark.integration
+def test_default_gguf_vocab_equals_the_hf_tokenizer():
+    pytest.importorskip("llama_cpp")
+    from chatforge.engines.llamacpp import LlamaCppEngine
+    from chatforge.engines.select import load_tokenizer, resolve_gguf
+    from chatforge.models.embedded import EmbeddedModelError
+
+    try:
+        tokenizer, _ = load_tokenizer("default")
+        path = resolve_gguf("default")
+    except EmbeddedModelError as err:
+        pytest.skip(str(err))
+    engine = LlamaCppEngine(path, tokenizer, context_length=512, n_parallel=1)
+    try:
+        check_vocab(engine, tokenizer)
+        assert engine.tokenize("你好，请介绍一下你自己") == tokenizer.encode("你好，请介绍一下你自己")
+    finally:
+        engine.close()
+
+
+PLAIN_PROBE = textwrap.dedent(
+    """
+    import sys
+    import llama_cpp
+
+    llm = llama_cpp.Llama(sys.argv[1], n_ctx=512, verbose=False)  # extra buffer types on: the AMX path
+    out = llm.create_completion("Hello", max_tokens=4, temperature=0)
+    print("OK", out["usage"]["completion_tokens"])
+    """
+)
+
+
+@pytest.mark.integration
+def test_installed_llama_cpp_build_is_safe_for_plain_use():
+    """The build itself (used by llama_cpp.server and plain ``Llama``) must not take the crashing
+    AMX path: `make install` builds it without AMX on AMX CPUs."""
+    pytest.importorskip("llama_cpp")
+    from chatforge.engines.select import resolve_gguf
+    from chatforge.models.embedded import EmbeddedModelError
+
+    try:
+        path = resolve_gguf("default")
+    except EmbeddedModelError as err:
+        pytest.skip(str(err))
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_PROBE, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (
+        f"plain llama_cpp.Llama crashed (exit {proc.returncode}): rebuild llama-cpp-python with the "
+        f"flags in the Makefile (LLAMA_CMAKE_ARGS) and --no-cache-dir\n{proc.stderr[-2000:]}"
+    )
