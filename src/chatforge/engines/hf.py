@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from chatforge.engines.base import common_prefix
+from chatforge.engines.base import EngineError, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,18 @@ class TransformersEngine(BatchingEngine):
         # One forward pass at a time: the model is not re-entrant across threads.
         self._lock = threading.Lock()
         self._stackable = _stackable(model)
+        # P-Tuning v2 (peft prefix tuning): every conversation's cache starts with the
+        # learned prefix keys/values, and the base model runs on it, as in training.
+        self._prefix = _prefix_length(model)
+        self._runner = model.get_base_model() if self._prefix else model
         self._members: list[Request] = []  # the requests in the batch cache, in row order
         self._batch: DynamicCache | None = None
         self._pads: list[int] = []  # left padding of each row
 
     def _new_cache(self) -> DynamicCache:
+        if self._prefix:
+            with torch.inference_mode():
+                return self.model.get_prompt(batch_size=1)
         return DynamicCache(config=self.model.config)
 
     # -- batching hooks --------------------------------------------------------------
@@ -85,7 +92,7 @@ class TransformersEngine(BatchingEngine):
             reuse = min(common_prefix(state.ids, prompt), len(prompt) - 1)
             if reuse > 0:
                 cache = state.cache
-                extra = cache.get_seq_length() - reuse
+                extra = cache.get_seq_length() - self._prefix - reuse
                 if extra > 0:
                     cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
             state.cache, state.ids = None, []  # the request owns the cache until it ends
@@ -122,7 +129,7 @@ class TransformersEngine(BatchingEngine):
         if row.cache is None:  # it was in the batch: take it back out first
             self._dissolve()
         input_ids = torch.tensor([item.ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=input_ids, past_key_values=row.cache, use_cache=True, logits_to_keep=1)
+        out = self._runner(input_ids=input_ids, past_key_values=row.cache, use_cache=True, logits_to_keep=1)
         row.length += len(item.ids)
         return out.logits[0, -1].float().cpu().numpy() if item.logits else None
 
@@ -191,10 +198,23 @@ class TransformersEngine(BatchingEngine):
             return
         cache = row.cache
         keep = min(keep, row.length)
-        extra = cache.get_seq_length() - keep
+        extra = cache.get_seq_length() - self._prefix - keep
         if extra > 0:
             cache.crop(-extra)
         state.cache, state.ids = cache, list((request.prompt_ids + request.generated)[:keep])
+
+
+def _prefix_length(model: Any) -> int:
+    """Virtual tokens of an attached prefix-tuning adapter (0 without one)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return 0
+    kind = str(getattr(config.peft_type, "value", config.peft_type))
+    if kind != "PREFIX_TUNING":
+        raise EngineError(
+            f"{kind} adapters are not supported for serving; P-Tuning v2 (prefix tuning) and LoRA/AdaLoRA are"
+        )
+    return int(config.num_virtual_tokens)
 
 
 def _stackable(model: Any) -> bool:
