@@ -149,3 +149,13 @@ def test_incremental_decoder_never_splits_characters(tiny_tokenizer):
     pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
     assert "".join(pieces) == "你好，世界 hello"
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_a_vanishing_top_p_still_keeps_the_best_token():
+    import torch
+
+    from chatforge.engines.sampling import sample
+
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    params = SamplingParams(do_sample=True, temperature=1.0, top_p=5e-324)
+    assert [int(sample(logits, params)) for _ in range(5)] == [1] * 5

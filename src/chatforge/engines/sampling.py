@@ -57,6 +57,7 @@ def sample(
         cumulative = probs.cumsum(dim=-1)
         # Drop a token when the ones before it already reach top_p; the first always stays.
         drop = (cumulative - probs) >= params.top_p
+        drop[..., 0] = False  # even when top_p rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

@@ -23,7 +23,7 @@ from chatforge.serve import completions as cmp
 from chatforge.serve.auth import APIKeyMiddleware
 from chatforge.serve.embeddings import MODEL_ID as EMBEDDING_MODEL_ID
 from chatforge.serve.embeddings import Embedder, EmbeddingsUnavailable
-from chatforge.serve.errors import APIError, install_error_handlers
+from chatforge.serve.errors import APIError, BodyLimitMiddleware, install_error_handlers
 from chatforge.serve.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from chatforge.serve.plan import build_plan, sampling_kwargs
 from chatforge.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -51,8 +51,11 @@ def create_app(
     embedder = Embedder()
 
     metrics_holder: dict[str, Metrics] = {}
+    # Engines batch concurrent requests themselves: feed them as many as they can take,
+    # and keep one worker free for the UI's agent jobs (code runs for seconds).
+    workers = settings.workers or getattr(model.engine, "max_batch", 1) + 1
     worker = GenerationWorker(
-        settings.max_queue, settings.workers, on_cancelled=lambda: metrics_holder["m"].cancelled.inc()
+        settings.max_queue, workers, on_cancelled=lambda: metrics_holder["m"].cancelled.inc()
     )
     metrics = Metrics(lambda: worker.depth, lambda: worker.busy)
     metrics_holder["m"] = metrics
@@ -228,7 +231,9 @@ def create_app(
 
         mount_ui(app, model_id, agent_options)
 
-    # Outermost first: metrics see every response, auth runs before any body is read.
+    # Outermost first: metrics see every response, auth runs before any body is read,
+    # then the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         APIKeyMiddleware, api_key=settings.api_key, public=PUBLIC_PATHS, public_prefixes=PUBLIC_PREFIXES
     )

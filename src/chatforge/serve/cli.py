@@ -36,6 +36,9 @@ def add_serve_command(sub: Any) -> None:
     g.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond this get 503 (default: 16)")
     g.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
     g.add_argument("--max-tokens", type=int, default=None, help="default max_tokens when a request gives none")
+    g.add_argument(
+        "--max-body-mb", type=float, default=8.0, help="request bodies over this many MiB get 413 (default: 8)"
+    )
     g.add_argument("--no-ui", action="store_true", help="do not serve the web UI at /")
     a = p.add_argument_group("web UI agent (Tool and Code Interpreter modes)")
     a.add_argument(
@@ -56,6 +59,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise ValueError("--max-queue must be at least 1")
     if args.request_timeout <= 0:
         raise ValueError("--request-timeout must be positive")
+    if args.max_body_mb <= 0:
+        raise ValueError("--max-body-mb must be positive")
     return ServeSettings(
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         model_id=args.served_model_name,
@@ -63,6 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         max_queue=args.max_queue,
         request_timeout=args.request_timeout,
         default_max_tokens=args.max_tokens,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         ui=not args.no_ui,
     )
 

@@ -114,6 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = err.detail if isinstance(err.detail, str) else str(err.detail)
+        if err.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's words for a body json cannot decode: bad UTF-8 or nested too deeply.
+            message = "the request body could not be parsed: it must be UTF-8 JSON nested at most a few hundred levels"
         if err.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         return APIError(err.status_code, message, headers=getattr(err, "headers", None)).response()
@@ -128,3 +131,45 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
         return from_exception(err).response()
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with a 413 in OpenAI's shape.
+
+    A declared ``Content-Length`` that is too large is refused before anything is read;
+    a chunked body is counted as it arrives and refused once it passes the limit, so a
+    client cannot make the server buffer (and then parse) an arbitrarily large body.
+    """
+
+    def __init__(self, app: Any, max_bytes: int | None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413, f"the request body is larger than the server's limit of {self.max_bytes} bytes",
+            code="request_too_large",
+        )
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.max_bytes is None:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large().response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException passes FastAPI's body parsing untouched and reaches
+                    # the handler in install_error_handlers, which answers in OpenAI's shape.
+                    raise StarletteHTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, limited, send)

@@ -21,6 +21,7 @@ from chatforge.messages import Message, Role, from_openai, normalize_tool_schema
 from chatforge.serve.errors import APIError
 from chatforge.serve.protocol import ChatCompletionRequest, NamedToolChoice, _Sampling
 
+MIN_TOP_P = 1e-6
 _FENCED_JSON = re.compile(r"```(?:json)?\s*\n(.*?)\n\s*```", re.S)
 
 
@@ -45,6 +46,15 @@ class ChatPlan:
 def sampling_kwargs(req: _Sampling, max_tokens: int | None, context_length: int) -> dict[str, Any]:
     """ChatModel.generate keyword arguments from the OpenAI sampling fields."""
     params: dict[str, Any] = {}
+    requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if requested is not None and requested > context_length:
+        # OpenAI answers 400 for a max_tokens beyond what the model can produce; so do we
+        # (a prompt plus max_tokens beyond the window is still cut at the window's end).
+        name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+        raise APIError(
+            400, f"{name}: {requested} is too large; this model supports at most {context_length} tokens "
+            "(its context window)", param=name, code="invalid_value",
+        )
     if req.temperature is not None:
         params["temperature"] = req.temperature
         params["do_sample"] = req.temperature > 0
@@ -52,6 +62,10 @@ def sampling_kwargs(req: _Sampling, max_tokens: int | None, context_length: int)
         value = getattr(req, name)
         if value is not None:
             params[name] = value
+    if req.top_p is not None:
+        # A top_p below float32's resolution rounds to 0 in the engine, which then drops every
+        # token (NaN probabilities, a 500). A tiny top_p means "only the likeliest token"; so does this.
+        params["top_p"] = max(req.top_p, MIN_TOP_P)
     if req.stop is not None:
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop)
         if len(stops) > 4 or not all(stops):
@@ -77,6 +91,8 @@ def build_plan(req: ChatCompletionRequest, context_length: int, default_max_toke
     choice = req.tool_choice
     if req.tools and choice != "none":
         tools = [normalize_tool_schema(t.model_dump(exclude_none=True)) for t in req.tools]
+        for i, tool in enumerate(tools):
+            check_parameters_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
         if isinstance(choice, NamedToolChoice):
             tools = [t for t in tools if t["function"]["name"] == choice.function.name]
             if not tools:
@@ -117,6 +133,18 @@ def build_plan(req: ChatCompletionRequest, context_length: int, default_max_toke
     if plan.extra_instructions:
         plan.messages = with_instructions(plan.messages, " ".join(plan.extra_instructions))
     return plan
+
+
+def check_parameters_schema(schema: dict[str, Any], param: str) -> None:
+    """A 400 naming ``param`` unless ``schema`` is a valid JSON Schema (by its own draft's meta-schema)."""
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise APIError(
+            400, f"{param}: not a valid JSON Schema ({err.message}{f' at {where}' if where else ''})",
+            param=param, code="invalid_value",
+        ) from None
 
 
 def with_instructions(messages: list[Message], text: str) -> list[Message]:

@@ -9,11 +9,41 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def _lone_surrogate_path(data: Any) -> str | None:
+    """Where in a decoded JSON body a string holds a lone UTF-16 surrogate (JSON allows
+    ``"\\ud800"``, but it is not Unicode and tokenizers fail on it), else None."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:  # iterative: bodies can be nested deeply
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "request body"
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return None
+
+
+class _Request(_Body):
+    """A top-level request body: its text must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        path = _lone_surrogate_path(data)
+        if path is not None:
+            raise ValueError(f"{path}: contains a lone UTF-16 surrogate; text must be valid Unicode")
+        return data
 
 
 class FunctionDefinition(_Body):
@@ -52,13 +82,13 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Sampling(_Body):
+class _Sampling(_Request):
     model: str = "default"
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     n: int = Field(default=1, ge=1, le=8)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -85,7 +115,7 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(_Request):
     model: str = "default"
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"

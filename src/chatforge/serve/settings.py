@@ -19,9 +19,11 @@ class ServeSettings:
     """Requests waiting for the engine beyond this get 503 (with Retry-After)."""
     request_timeout: float = 300.0
     """Seconds a request may wait and generate before it is cancelled."""
-    workers: int = 1
+    workers: int | None = None  # None: the engine's batch size, plus one for agent jobs
     """Generation threads; engines are single-stream today, so more only helps batching engines."""
     default_max_tokens: int | None = None
     """max_tokens when a request gives none (None: the rest of the context window)."""
+    max_body_bytes: int | None = 8 * 1024 * 1024
+    """Request bodies larger than this get 413 (None: no limit)."""
     ui: bool = True
     """Serve the web UI at ``/``."""
