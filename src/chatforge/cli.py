@@ -134,6 +134,7 @@ def add_chat_command(sub: Any) -> None:
     p.add_argument(
         "--tools", action="append", default=[], metavar="MODULE:ATTR", help="load tools (repeatable)"
     )
+    p.add_argument("--workdir", default=None, help="code mode: where session files go (default ./chatforge-workspace)")
     p.set_defaults(handler=run_chat)
 
 

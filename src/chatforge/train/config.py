@@ -113,7 +113,12 @@ class TrainingConfig:
     save_steps: int = _f(0, "save a checkpoint every N steps (0: once per epoch)")
     save_total_limit: int = _f(2, "keep at most this many checkpoints")
     early_stopping_patience: int = _f(0, "stop after N evaluations without improvement (0: off)")
-    resume_from: str = _f("", "resume: 'latest' or a checkpoint directory; empty: start fresh")
+    resume_from: str = _f(
+        "", "resume: 'latest' (newest complete checkpoint) or a checkpoint directory; empty: start fresh"
+    )
+    min_free_gb: float = _f(
+        1.0, "refuse to start with less free disk in output_dir (GiB); full fine-tuning needs more"
+    )
     plot: bool = _f(True, "write loss.png")
     progress_bar: bool = _f(True, "show a progress bar")
 
@@ -174,6 +179,7 @@ class TrainConfig:
             "lora.tinit": lo.tinit,
             "lora.tfinal": lo.tfinal,
             "training.max_grad_norm": t.max_grad_norm,
+            "training.min_free_gb": t.min_free_gb,
         }
         for name, value in non_negative.items():
             if value < 0:

@@ -6,6 +6,13 @@ scheduler, RNG states), ``metrics.jsonl`` (one JSON object per log/eval event),
 (PEFT methods) or the full model, with tokenizer and chat template, plus
 ``chatforge_train.json`` saying which base model and method made it. ``final/`` is
 written to a temporary directory and renamed, so it is either complete or absent.
+
+Faults: the Trainer writes ``checkpoint-N/`` in place, so a run killed mid-save leaves a
+partial directory. :class:`CheckpointMarker` writes ``CHECKPOINT_COMPLETE`` into a
+checkpoint once the Trainer has finished saving it (files fsynced first), and
+``resume_from: latest`` takes the newest checkpoint that has it. Before anything is
+loaded, :func:`check_output_dir` proves the output directory writable and its disk
+roomy enough, so a bad location fails in a second rather than at the first save.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +49,13 @@ log = logging.getLogger(__name__)
 
 TRAIN_INFO = "chatforge_train.json"
 METRICS = "metrics.jsonl"
+CHECKPOINT_COMPLETE = "chatforge_checkpoint_complete.json"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+GIB = 1 << 30
+
+
+class OutputDirError(RuntimeError):
+    """The output directory cannot be written, or its disk is too full to hold the run."""
 
 
 @dataclass
@@ -117,6 +132,137 @@ class MetricsLog(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
+class CheckpointMarker(TrainerCallback):
+    """Marks each checkpoint complete once the Trainer has saved it (``on_save`` runs after
+    the weights, optimiser, scheduler, RNG and trainer state are written)."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        # Checkpoints past the step we start from belong to an abandoned run and will be
+        # rewritten in place: unmark them so a kill during that rewrite cannot look complete.
+        for step, path in _checkpoints(self.output_dir):
+            if step > state.global_step and (path / CHECKPOINT_COMPLETE).exists():
+                (path / CHECKPOINT_COMPLETE).unlink()
+                log.info("%s is ahead of step %d; no longer marked complete", path, state.global_step)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        path = self.output_dir / f"checkpoint-{state.global_step}"
+        if path.is_dir():
+            mark_complete(path, state.global_step)
+
+
+def mark_complete(checkpoint: Path, step: int) -> None:
+    """fsync the checkpoint's files, then write the marker atomically (write + rename)."""
+    for file in checkpoint.rglob("*"):
+        if file.is_file():
+            _fsync(file)
+    tmp = checkpoint / f".{CHECKPOINT_COMPLETE}.tmp"
+    tmp.write_text(json.dumps({"step": step}), encoding="utf-8")
+    _fsync(tmp)
+    tmp.replace(checkpoint / CHECKPOINT_COMPLETE)
+    _fsync(checkpoint)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` directory in ``out``, newest step first."""
+    if not out.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in out.iterdir() if (m := _CHECKPOINT_NAME.match(p.name)) and p.is_dir()
+    ]
+    return sorted(found, reverse=True)
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint marked complete; newer unmarked ones are skipped with a warning.
+
+    Output directories written before markers existed have none at all: there a checkpoint
+    counts as complete when its ``trainer_state.json`` (the Trainer's last write) parses.
+    """
+    checkpoints = _checkpoints(out)
+    marked = any((p / CHECKPOINT_COMPLETE).exists() for _, p in checkpoints)
+    for _, path in checkpoints:
+        if (path / CHECKPOINT_COMPLETE).exists():
+            return path
+        if not marked and _readable_state(path):
+            log.warning(
+                "%s has no completion marker (older chatforge?); trusting its trainer_state.json", path
+            )
+            return path
+        log.warning(
+            "skipping incomplete checkpoint %s (no %s: the save was interrupted)", path, CHECKPOINT_COMPLETE
+        )
+    return None
+
+
+def _readable_state(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_output_dir(out: Path, required_bytes: int) -> None:
+    """Create ``out``, prove it writable with a probe file, and check its disk has
+    ``required_bytes`` free; :class:`OutputDirError` names the directory and the numbers."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".chatforge-write-probe-{os.getpid()}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirError(
+            f"training.output_dir {out} is not writable: {err.strerror or err}. "
+            "Choose a directory you can write to."
+        ) from None
+    free = shutil.disk_usage(out).free
+    if free < required_bytes:
+        raise OutputDirError(
+            f"training.output_dir {out}: only {free / GIB:.2f} GiB free, this run needs about "
+            f"{required_bytes / GIB:.2f} GiB (checkpoints and the final result). Free some space, "
+            "choose another directory, or lower training.min_free_gb if the estimate is too cautious."
+        )
+
+
+def required_space(config: TrainConfig, model_bytes: int) -> int:
+    """A cautious estimate of the disk a run needs. PEFT checkpoints hold only the adapter
+    and its optimiser state, so ``training.min_free_gb`` covers them; a full fine-tune keeps
+    up to ``save_total_limit`` checkpoints of weights plus two Adam moments in float32
+    (about 3 × the float32 weights, i.e. up to 6 × a bf16 model's files) and the final model."""
+    floor = int(config.training.min_free_gb * GIB)
+    if config.method.name != "full":
+        return floor
+    kept = config.training.save_total_limit if config.training.save_total_limit > 0 else 3
+    return max(floor, model_bytes * (3 * kept + 1))
+
+
+def _model_bytes(config: TrainConfig, model: Any) -> int:
+    """Size of the weights: from the parameters when given, else the model's files on disk."""
+    if model is not None:
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+    path = Path(config.model.name_or_path).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf"))
+    return 0  # 'default' and unresolvable references: the loader reports those
+
+
 def load_for_training(config: TrainConfig) -> tuple[Any, Any, str]:
     from chatforge.models.loader import load_weights, resolve
 
@@ -135,15 +281,14 @@ def train(
     """Fine-tune as ``config`` says. ``model``/``tokenizer`` may be given (tests, notebooks);
     otherwise ``config.model.name_or_path`` is loaded."""
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     t, d = config.training, config.data
     set_seed(t.seed)
+    out = Path(t.output_dir)
+    check_output_dir(out, required_space(config, _model_bytes(config, model)))  # before the slow load
     if model is None:
         model, tokenizer, base_model = load_for_training(config)
     template = get_template(config.model.template, tokenizer)
-    out = Path(t.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "train_config.yaml")
 
     train_ds, _, train_summary = build_dataset(config, template, d.train_file)
@@ -198,7 +343,7 @@ def train(
         use_cpu=config.model.device == "cpu" or not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
-    cbs = [MetricsLog(out / METRICS), *(callbacks or [])]
+    cbs = [MetricsLog(out / METRICS), CheckpointMarker(out), *(callbacks or [])]
     if evaluating and t.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     trainer = Trainer(
@@ -210,7 +355,7 @@ def train(
         processing_class=tokenizer,
         callbacks=cbs,
     )
-    resume = _resume_path(t.resume_from, out, get_last_checkpoint)
+    resume = _resume_path(t.resume_from, out)
     trainer.train(resume_from_checkpoint=resume)
 
     result = TrainResult(
@@ -244,21 +389,23 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _resume_path(resume_from: str, out: Path, last_checkpoint: Any) -> str | None:
+def _resume_path(resume_from: str, out: Path) -> str | None:
     if not resume_from:
         return None
     if resume_from == "latest":
-        found = last_checkpoint(str(out)) if out.exists() else None
+        found = last_complete_checkpoint(out)
         if found is None:
-            log.warning("training.resume_from=latest: no checkpoint in %s; starting fresh", out)
-        else:
-            log.info("resuming from %s", found)
-        return found
+            log.warning("training.resume_from=latest: no complete checkpoint in %s; starting fresh", out)
+            return None
+        log.info("resuming from %s", found)
+        return str(found)
     path = Path(resume_from)
     if not (path / "trainer_state.json").exists():
         raise ValueError(
             f"training.resume_from: {path} is not a checkpoint directory (no trainer_state.json)"
         )
+    if not (path / CHECKPOINT_COMPLETE).exists():
+        log.warning("%s has no %s: it may be an interrupted save", path, CHECKPOINT_COMPLETE)
     return str(path)
 
 
