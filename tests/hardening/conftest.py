@@ -3,7 +3,6 @@ tests/serve/serve_support.py's ``start``/``wait_ready``), with the API key ``KEY
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 
 import serve_models  # noqa: E402
-from serve_support import KEY, Server, start, wait_ready  # noqa: E402,F401
+from serve_support import KEY, Server, start, stop, wait_ready  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +25,4 @@ def hardened_server(tmp_path_factory) -> Server:
         wait_ready(proc, url, log)
         yield Server(url, model_dir, proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)

@@ -83,6 +83,17 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90)
     raise RuntimeError(f"server did not start in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def stop(*procs: subprocess.Popen) -> None:
+    """Terminate server processes, killing any that do not exit within 10 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 @pytest.fixture(scope="session")
 def serve_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve-models")
@@ -114,13 +125,7 @@ def servers(serve_models, tmp_path_factory):
             "tool": Server(tool_url, serve_models["scripted"], tool_proc, logs / "tool.log"),
         }
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(*procs)
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +148,4 @@ def code_server(tmp_path_factory) -> Server:
         wait_ready(proc, url, log)
         yield Server(url, model_dir, proc, log, workdir=root / "work")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)

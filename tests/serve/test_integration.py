@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from serve_support import KEY, start, wait_ready
+from serve_support import KEY, start, stop, wait_ready
 
 
 @pytest.mark.integration
@@ -26,5 +26,4 @@ def test_default_model_chat_completion(tmp_path):
         )
         assert "5" in out.choices[0].message.content
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)

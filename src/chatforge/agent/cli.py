@@ -11,6 +11,7 @@ from chatforge.agent.builtin_tools import builtin_tools
 from chatforge.agent.interpreter import CodeInterpreter, InterpreterConfig
 from chatforge.agent.loop import Agent, EventKind
 from chatforge.agent.tools import Tool, ToolRegistry
+from chatforge.messages import Role
 
 
 def load_tools(spec: str) -> list[Any]:
@@ -60,7 +61,7 @@ def run_agent_chat(model: Any, args: argparse.Namespace, params: dict[str, Any])
             if text == "stop":
                 return 0
             if text == "clear":
-                agent.messages = agent.messages[:1]
+                agent.messages = [m for m in agent.messages[:1] if m.role is Role.SYSTEM]
                 agent.state.reset()
                 print("(history cleared)")
                 continue

@@ -26,7 +26,7 @@ from typing import Any
 from chatforge.agent.interpreter import CodeInterpreter, ExecutionResult, ImageOutput, InterpreterSession
 from chatforge.agent.tools import Tool, ToolRegistry, ToolResult
 from chatforge.chat import ChatModel
-from chatforge.messages import INTERPRETER, Message, Role, ToolCall, from_history
+from chatforge.messages import INTERPRETER, Message, Role, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,3 @@ class Agent:
 def _is_code_call(call: ToolCall) -> bool:
     return call.name in CODE_TOOL_NAMES and isinstance(call.arguments.get("code"), str)
 
-
-def agent_from_history(model: ChatModel, history: list[dict[str, Any]], **kwargs: Any) -> Agent:
-    """An agent that continues a conversation given in ChatGLM3 history form."""
-    agent = Agent(model, **kwargs)
-    agent.messages = from_history(history)
-    return agent

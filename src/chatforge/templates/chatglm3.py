@@ -150,10 +150,6 @@ class ChatGLM3Template(Template):
             ]
         return super().encode(text, literal)
 
-    def observation_message(
-        self, content: str, name: str | None = None, call_id: str | None = None
-    ) -> Message:
-        return Message(Role.OBSERVATION, content, name=name, tool_call_id=call_id)
 
     def parse(self, text: str, tools: list[dict[str, Any]] | None = None) -> Message:
         calls: list[ToolCall] = []
