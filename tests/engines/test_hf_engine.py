@@ -159,3 +159,14 @@ def test_a_vanishing_top_p_still_keeps_the_best_token():
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     params = SamplingParams(do_sample=True, temperature=1.0, top_p=5e-324)
     assert [int(sample(logits, params)) for _ in range(5)] == [1] * 5
+
+
+def test_extreme_penalty_and_temperature_do_not_overflow_sampling():
+    # Found by the API fuzzer: repetition_penalty 5e-324 made a logit +inf, then NaN probabilities.
+    import torch
+
+    from chatforge.engines.sampling import apply_penalties, sample
+
+    params = SamplingParams(do_sample=True, temperature=1e-3, top_p=0.9, repetition_penalty=5e-324)
+    logits = apply_penalties(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[0]]), None, params)
+    assert int(sample(logits, params)) == 0

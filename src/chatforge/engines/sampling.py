@@ -46,7 +46,8 @@ def sample(
     logits = sanitize(logits.float())
     if params.greedy:
         return logits.argmax(dim=-1)
-    logits = logits / max(params.temperature, 1e-5)
+    # Extreme penalties or a small temperature can push logits past float32's range.
+    logits = sanitize(logits / max(params.temperature, 1e-5))
     if params.top_k > 0:
         k = min(params.top_k, logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
