@@ -55,7 +55,7 @@ class BenchOptions:
 
     model: str = "default"
     """The model: 'default' (embedded; GGUF for llama.cpp, safetensors for transformers) or a path."""
-    engines: list[str] = field(default_factory=lambda: ["llama.cpp", "transformers"])
+    engines: list[str] = field(default_factory=lambda: ["hybrid", "llama.cpp", "transformers"])
     """chatforge engines to measure."""
     references: bool = True
     """Also measure plain transformers generate and plain llama_cpp.Llama."""
@@ -469,7 +469,51 @@ def report(results: Results, opts: BenchOptions) -> str:
             for r in results.streams
         ]
         lines.append("")
+    lines += goals(results, opts)
     return "\n".join(lines)
+
+
+def goals(results: Results, opts: BenchOptions) -> list[str]:
+    """The issue's goals as ratios within this run, for the first engine measured."""
+    if not opts.engines:
+        return []
+    engine = opts.engines[0]
+    me = f"chatforge {engine}"
+
+    def find(rows: list[dict[str, Any]], start: str, key: str) -> float | None:
+        return next((r[key] for r in rows if r["subject"].startswith(start)), None)
+
+    checks: list[tuple[str, float | None, str, bool | None]] = []
+
+    def ratio(label: str, a: float | None, b: float | None, goal: float, higher: bool = True) -> None:
+        value = a / b if a is not None and b else None
+        met = None if value is None else (value >= goal if higher else value <= goal)
+        checks.append((label, value, f"{'≥' if higher else '≤'} {goal:g}", met))
+
+    mine = find(results.single, me, "decode_tps")
+    ratio("decode vs plain llama.cpp", mine, find(results.single, "plain llama_cpp", "decode_tps"), 1.0)
+    ratio("decode vs plain transformers generate", mine, find(results.single, "plain transformers", "decode_tps"), 2.0)
+    ratio("prefill vs plain transformers", find(results.prefill, me, "tps"),
+          find(results.prefill, "plain transformers", "tps"), 1.0)
+    reuse = results.turns.get(f"{engine} reuse")
+    if reuse and len(reuse) >= 2:
+        ratio(f"turn-{len(reuse)} TTFT / turn-1 TTFT", reuse[-1], reuse[0], 1.2, higher=False)
+    served = {r["streams"]: r for r in results.streams if r["path"].startswith(f"HTTP server -> {engine} ")}
+    direct = {r["streams"]: r for r in results.streams if r["path"] == f"{engine} engine directly"}
+    if 4 in served:
+        checks.append(("4 streams through the server, tokens/s", served[4]["aggregate_tps"], "≥ 64",
+                       served[4]["aggregate_tps"] >= 64))
+    for n in sorted(set(served) & set(direct)):
+        overhead = 1 - served[n]["aggregate_tps"] / direct[n]["aggregate_tps"]
+        checks.append((f"server overhead at {n} stream(s)", overhead, "≤ 0.05", overhead <= 0.05))
+    if not checks:
+        return []
+    lines = [f"### Goals ({me})", "", "| measure | value | goal | met |", "| --- | ---: | ---: | :---: |"]
+    for label, value, goal, met in checks:
+        shown = "—" if value is None else f"{value:.2f}"
+        lines.append(f"| {label} | {shown} | {goal} | {'—' if met is None else ('yes' if met else 'no')} |")
+    lines.append("")
+    return lines
 
 
 def plot(results: Results, path: str) -> None:
@@ -521,10 +565,11 @@ def run_bench(opts: BenchOptions) -> Results:
     models: dict[str, Any] = {}
     for engine in opts.engines:
         options = {"n_threads": opts.threads} if opts.threads else {}
-        if engine == "llama.cpp":
+        gguf = engine in ("llama.cpp", "hybrid")
+        if gguf:
             options["n_parallel"] = max([*opts.streams, 1])
         # 4,096 tokens per sequence holds every prompt here (the default, 8,192, doubles the KV memory).
-        context = 4096 if engine == "llama.cpp" else None
+        context = 4096 if gguf else None
         models[engine] = load_model(
             opts.model, engine=engine, context_length=context, engine_options=options or None
         )

@@ -241,10 +241,12 @@ def load_model(
     file or a ChatGLM checkpoint directory; optionally with a PEFT adapter.
 
     ``engine`` is ``auto`` (chosen per model and hardware, see ``chatforge.engines.select``),
-    ``transformers``, ``llama.cpp`` (GGUF files) or ``remote`` (an OpenAI-compatible
+    ``transformers``, ``llama.cpp`` (GGUF files), ``hybrid`` (llama.cpp decoding a GGUF file,
+    transformers prefilling in bf16) or ``remote`` (an OpenAI-compatible
     ``remote_url``; ``ref`` then only supplies the tokenizer). ``quantize`` (int8/int4,
     bitsandbytes, CUDA only) and ``device_map`` apply to transformers; ``engine_options``
-    go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp)."""
+    go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp,
+    ``prefill_model`` for hybrid)."""
     from chatforge.engines.hf import TransformersEngine
     from chatforge.engines.select import build_engine, choose_engine, load_quantized_weights
     from chatforge.models.loader import attach_adapter, load_weights, prepare_adapter, resolve
@@ -257,6 +259,7 @@ def load_model(
         quantize=quantize,
         device_map=device_map,
         remote_url=remote_url,
+        prefill_model=(engine_options or {}).get("prefill_model"),
     )
     if chosen != "transformers":
         built = build_engine(
@@ -279,5 +282,6 @@ def load_model(
         model, tokenizer = load_weights(source, device=device, dtype=dtype)
     if adapter is not None:
         model = attach_adapter(model, prepare_adapter(adapter, source))
-    engine_ = TransformersEngine(model, tokenizer, context_length=context_length, **(engine_options or {}))
+    options = {k: v for k, v in (engine_options or {}).items() if k != "prefill_model"}
+    engine_ = TransformersEngine(model, tokenizer, context_length=context_length, **options)
     return ChatModel(engine_, get_template(template, tokenizer), name=source.name, model=model)

@@ -45,8 +45,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--engine",
         default="auto",
-        choices=["auto", "transformers", "llama.cpp", "remote"],
-        help="inference engine (default: auto = llama.cpp on CPU for GGUF models, else transformers)",
+        choices=["auto", "transformers", "llama.cpp", "hybrid", "remote"],
+        help="inference engine (default: auto = hybrid or llama.cpp on CPU for GGUF models, else transformers)",
+    )
+    g.add_argument(
+        "--prefill-model",
+        default=None,
+        help="the GGUF model's Hugging Face weights, for --engine hybrid's bf16 prefill (default model: built in)",
     )
     g.add_argument("--remote-url", default=None, help="an OpenAI-compatible endpoint for --engine remote")
     g.add_argument("--remote-model", default=None, help="the model name at --remote-url (default: its first)")
@@ -108,6 +113,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         options["n_parallel"] = args.parallel
     if getattr(args, "threads", None):
         options["n_threads"] = args.threads
+    if getattr(args, "prefill_model", None):
+        options["prefill_model"] = args.prefill_model
     return {
         "engine": getattr(args, "engine", "auto"),
         "remote_url": getattr(args, "remote_url", None),

@@ -16,14 +16,22 @@ def test_explicit_engines_and_aliases():
 
 
 def test_auto_choice(tmp_path, monkeypatch):
+    from chatforge.engines import hybrid
+
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     (hf_dir / "config.json").write_text("{}")
     monkeypatch.setattr(select, "llama_cpp_available", lambda: True)
+    monkeypatch.setattr(hybrid, "bf16_matmul_cpu", lambda: False)
     assert choose_engine(gguf, device="cpu") == "llama.cpp"
     assert choose_engine("default", device="cpu") == "llama.cpp"
+    monkeypatch.setattr(hybrid, "bf16_matmul_cpu", lambda: True)
+    # With bf16 matrix units: hybrid where HF weights are at hand (the default; --prefill-model).
+    assert choose_engine("default", device="cpu") == "hybrid"
+    assert choose_engine(gguf, device="cpu") == "llama.cpp"
+    assert choose_engine(gguf, device="cpu", prefill_model=hf_dir) == "hybrid"
     assert choose_engine(hf_dir, device="cpu") == "transformers"
     assert choose_engine("default", device="cpu", adapter="lora") == "transformers"
     assert choose_engine("default", device="cuda") == "transformers"

@@ -55,3 +55,30 @@ def test_weather_question_becomes_a_tool_call_dict(default_model):
     assert response["name"] == "get_weather"
     assert "beijing" in response["parameters"]["city_name"].lower()
     assert history[-1]["metadata"] == "get_weather"
+
+
+def test_default_engine_prefills_long_prompts_in_bf16_and_agrees_with_llama_cpp(default_model):
+    """On CPUs with bf16 matrix units the default is the hybrid engine: a long prompt's cache
+    comes from transformers, the decode from llama.cpp, with llama.cpp's own answer."""
+    from chatforge.engines.base import SamplingParams
+    from chatforge.engines.hybrid import bf16_matmul_cpu
+    from chatforge.messages import Message
+
+    engine = default_model.engine
+    if not bf16_matmul_cpu():
+        pytest.skip("no bf16 matrix units: the default engine is llama.cpp here")
+    assert engine.name == "hybrid" and engine.describe()["rotary"] == "halves", engine.describe()
+    notes = "长城是中国古代的军事防御工程。The Great Wall is about 21,000 km long. " * 6
+    ids = default_model.template.render([Message("user", notes + "\n长城大约有多长？请用一句话回答。")]).ids
+    params = SamplingParams(do_sample=False, max_new_tokens=24)
+    before = engine.prefilled_tokens
+    hybrid = [t for c in engine.stream(ids, params) for t in c.token_ids]
+    assert engine.prefilled_tokens - before == len(ids) - 1
+    saved, engine.min_prefill = engine.min_prefill, 10**9
+    try:
+        own = [t for c in engine.stream(ids, params) for t in c.token_ids]
+    finally:
+        engine.min_prefill = saved
+    text = default_model.tokenizer.decode(hybrid)
+    assert "21" in text, text
+    assert hybrid[:4] == own[:4], (text, default_model.tokenizer.decode(own))

@@ -6,8 +6,12 @@
 * ``transformers`` when an adapter is attached, weights are quantized with bitsandbytes,
   a device map is given, or the device is a GPU (its kernels beat llama.cpp's CPU path
   there, and adapters/training need the torch module);
-* ``llama.cpp`` on CPU when the model exists as a GGUF file (the embedded default always
-  does) and llama-cpp-python is installed: it decodes about twice as fast as transformers;
+* ``hybrid`` on a CPU with bf16 matrix units (AMX or AVX512-BF16) when the model is a
+  GGUF file whose Hugging Face weights are at hand (the embedded default, or
+  ``prefill_model`` given): llama.cpp's decode with transformers' bf16 prefill
+  (:mod:`chatforge.engines.hybrid`), the fastest at both;
+* ``llama.cpp`` on other CPUs when the model exists as a GGUF file and llama-cpp-python
+  is installed: it decodes about twice as fast as transformers;
 * ``transformers`` otherwise.
 
 Quantization for transformers (``--quantize int8|int4``) uses bitsandbytes and needs CUDA;
@@ -24,7 +28,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "transformers", "llama.cpp", "remote")
+ENGINES = ("auto", "transformers", "llama.cpp", "hybrid", "remote")
 QUANTIZE = ("int8", "int4")
 
 
@@ -72,6 +76,7 @@ def choose_engine(
     quantize: str | None = None,
     device_map: Any = None,
     remote_url: str | None = None,
+    prefill_model: str | Path | None = None,
 ) -> str:
     """The engine to use for this model on this machine (see the module docstring)."""
     name = normalise_engine(engine)
@@ -90,8 +95,34 @@ def choose_engine(
         if torch.cuda.is_available():
             return "transformers"
     if gguf_for(ref) is not None and llama_cpp_available():
+        if hybrid_fits(ref, prefill_model):
+            return "hybrid"
         return "llama.cpp"
     return "transformers"
+
+
+def hybrid_fits(ref: str | Path, prefill_model: str | Path | None = None) -> bool:
+    """Whether the hybrid engine is the fastest here: bf16 matrix units and HF weights at hand."""
+    from chatforge.engines.hybrid import bf16_matmul_cpu
+
+    return bf16_matmul_cpu() and (prefill_model is not None or str(ref) == "default")
+
+
+def prefill_weights(ref: str | Path, prefill_model: str | Path | None) -> Path:
+    """The Hugging Face weights the hybrid engine prefills with."""
+    if prefill_model is not None:
+        path = Path(prefill_model).expanduser()
+        if not (path / "config.json").exists():
+            raise ValueError(f"--prefill-model {path} is not a Hugging Face model directory (no config.json)")
+        return path
+    if str(ref) == "default":
+        from chatforge.models.embedded import DEFAULT, ensure_hf_dir
+
+        return ensure_hf_dir(DEFAULT)
+    raise ValueError(
+        f"engine 'hybrid' needs {str(ref)!r}'s weights as a Hugging Face directory for its prefill: "
+        "pass --prefill-model DIR (the same model, unquantized), or use --engine llama.cpp"
+    )
 
 
 def build_engine(
@@ -115,7 +146,7 @@ def build_engine(
         if adapter is not None:
             raise ValueError("adapters cannot be attached to a remote engine; serve the merged model there")
         tokenizer, name = load_tokenizer(ref)
-        for local_only in ("n_parallel", "n_threads"):  # the server decides these
+        for local_only in ("n_parallel", "n_threads", "prefill_model"):  # the server decides these
             options.pop(local_only, None)
         remote = RemoteEngine(
             remote_url,
@@ -126,18 +157,25 @@ def build_engine(
             **options,
         )
         return BuiltEngine(remote, tokenizer, remote.model)
-    if engine == "llama.cpp":
+    if engine in ("llama.cpp", "hybrid"):
         from chatforge.engines.llamacpp import LlamaCppEngine, import_llama_cpp
 
         import_llama_cpp()  # a clear error before anything heavy when it is not installed
         if adapter is not None:
             raise ValueError(
-                "the llama.cpp engine cannot attach PEFT adapters; use --engine transformers, "
+                f"the {engine} engine cannot attach PEFT adapters; use --engine transformers, "
                 "or merge the adapter (chatforge export) and convert the result to GGUF"
             )
+        prefill = options.pop("prefill_model", None)
+        prefill = prefill_weights(ref, prefill) if engine == "hybrid" else None
         gguf = resolve_gguf(ref)
         tokenizer, name = load_tokenizer(ref)
-        built = LlamaCppEngine(gguf, tokenizer, context_length=context_length, **options)
+        if engine == "hybrid":
+            from chatforge.engines.hybrid import HybridEngine
+
+            built = HybridEngine(gguf, tokenizer, prefill, context_length=context_length, **options)
+        else:
+            built = LlamaCppEngine(gguf, tokenizer, context_length=context_length, **options)
         return BuiltEngine(built, tokenizer, name)
     raise ValueError(f"build_engine does not build {engine!r} engines")
 

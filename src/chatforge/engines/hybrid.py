@@ -1,0 +1,258 @@
+"""The hybrid engine: transformers' bf16 prefill, llama.cpp's quantized decode.
+
+On a CPU with bf16 matrix units (AMX, AVX512-BF16) PyTorch computes a long prompt about
+six times faster in bf16 than llama.cpp does with Q4 weights, while llama.cpp decodes
+about twice as fast (docs/benchmarks.md). This engine takes the better half of each: it
+is the llama.cpp engine (same batching, sequences, prefix reuse and sampling), except
+that a prompt with at least ``min_prefill`` new tokens is run through the transformers
+model, and the keys and values that produced are written into the llama.cpp sequence
+through its state API (:mod:`chatforge.engines.kvstate`). llama.cpp then computes only
+the prompt's last token and decodes as usual. A follow-up turn's cached prefix is read
+back from llama.cpp the same way, so the new tokens attend to it.
+
+The two models must be the same weights: the GGUF file and a Hugging Face directory of
+it (for the embedded default, the bf16 copy chatforge converts once). At start-up a
+probe runs a short prompt through both and compares the caches; it also finds out
+whether llama.cpp stores each head's rotary pairs interleaved (llama-architecture GGUF
+conversions permute Q and K) or split in halves (Qwen2 and most others), and refuses the
+hybrid path, falling back to llama.cpp's own prefill with a warning, when neither
+layout matches. The caches differ by the quantization noise of the Q4 weights (about
+1-3% of their magnitude); the test suite checks the decoded tokens agree with llama.cpp's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatforge.engines.base import EngineError
+from chatforge.engines.batching import Request
+from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
+from chatforge.engines.llamacpp import LlamaCppEngine, _Sequence
+
+log = logging.getLogger(__name__)
+
+# Measured on the default model (benchmarks/prefill_crossover.py, docs/benchmarks.md): at 16
+# new prompt tokens both prefills take as long, at 32 the hybrid one is 1.5x faster.
+DEFAULT_MIN_PREFILL = 32
+_PROBE_TOLERANCE = 0.1  # mean relative difference of the layer-0 keys the probe accepts
+
+
+def bf16_matmul_cpu() -> bool:
+    """Whether this CPU has bf16 matrix instructions PyTorch uses (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _halves_to_pairs(head_dim: int) -> np.ndarray:
+    """Index map from a rotate-half head layout (i, i+d/2) to an interleaved one (2i, 2i+1)."""
+    half = head_dim // 2
+    order = np.empty(head_dim, dtype=np.int64)
+    order[0::2] = np.arange(half)
+    order[1::2] = np.arange(half, head_dim)
+    return order
+
+
+class HybridEngine(LlamaCppEngine):
+    name = "hybrid"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        tokenizer: Any,
+        prefill_model: str | Path | Any,
+        *,
+        min_prefill: int = DEFAULT_MIN_PREFILL,
+        prefill_dtype: str = "bfloat16",
+        **options: Any,
+    ) -> None:
+        super().__init__(model_path, tokenizer, **options)
+        self.min_prefill = max(2, int(min_prefill))
+        self._hf = self._load_prefill_model(prefill_model, prefill_dtype)
+        config = self._hf.config
+        self._n_layers = int(config.num_hidden_layers)
+        self._kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        self._head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        self._order: np.ndarray | None = None  # per-head column order llama.cpp uses
+        self._layout: dict[str, Any] = {}
+        self.hybrid_prefill = False
+        self.prefilled_tokens = 0  # prompt tokens computed by the transformers model so far
+        try:
+            self._probe()
+            self.hybrid_prefill = True
+        except (EngineError, StateFormatError, ValueError) as err:
+            log.warning("hybrid prefill is off, llama.cpp computes prompts itself: %s", err)
+
+    # -- set-up ------------------------------------------------------------------
+    @staticmethod
+    def _load_prefill_model(source: str | Path | Any, dtype: str) -> Any:
+        if not isinstance(source, (str, Path)):
+            return source.eval()
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=getattr(torch, dtype), local_files_only=True
+        ).eval()
+        log.info("hybrid prefill model loaded from %s in %.1f s", source, time.perf_counter() - started)
+        return model
+
+    def _probe(self) -> None:
+        """Compare both engines' caches on a short prompt and learn llama.cpp's layout."""
+        ids = self.tokenizer("The probe: 1, 2, 3. 你好，世界。")["input_ids"][:24]
+        sequence = self._sequences[0]
+        self._clear(sequence)
+        try:
+            self._llama_prefill(sequence, ids)
+            state = self._read(sequence)
+        finally:
+            self._clear(sequence)
+        if state.n_cells != len(ids) or len(state.keys) != self._n_layers:
+            raise EngineError(
+                f"llama.cpp holds {state.n_cells} cells in {len(state.keys)} layers, "
+                f"the prefill model has {self._n_layers} layers"
+            )
+        width = self._kv_heads * self._head_dim
+        if state.keys[0].shape[1] != width or state.values[0].shape[1] != width:
+            raise EngineError(
+                f"KV rows are {state.keys[0].shape[1]} wide in llama.cpp and {width} in the prefill model"
+            )
+        keys, _ = self._hf_prefill(ids, None)
+        mine = keys[0][0].transpose(0, 1).reshape(len(ids), self._kv_heads, self._head_dim).float().numpy()
+        theirs = state.keys[0].astype(np.float32).reshape(len(ids), self._kv_heads, self._head_dim)
+        scale = float(np.abs(theirs).mean()) or 1.0
+        errors = {}
+        for label, order in (("halves", None), ("interleaved", _halves_to_pairs(self._head_dim))):
+            candidate = mine if order is None else mine[..., order]
+            errors[label] = float(np.abs(candidate - theirs).mean()) / scale
+        label = min(errors, key=errors.get)
+        if errors[label] > _PROBE_TOLERANCE:
+            raise EngineError(
+                f"the prefill model's keys differ from llama.cpp's by {errors[label]:.0%} "
+                "(are they the same weights?)"
+            )
+        self._order = None if label == "halves" else _halves_to_pairs(self._head_dim)
+        self._layout = {"n_stream": state.n_stream, "v_trans": state.v_trans, "k_type": state.k_type,
+                        "v_type": state.v_type, "rotary": label, "probe_error": errors[label]}
+        log.info("hybrid prefill on (rotary layout %s, probe difference %.2f%%)", label, 100 * errors[label])
+
+    # -- the hybrid prefill --------------------------------------------------------
+    def _admit(self, request: Request) -> bool:
+        if not super()._admit(request):
+            return False
+        if self.hybrid_prefill and len(request.todo) - 1 >= self.min_prefill:
+            started = time.perf_counter()
+            sequence: _Sequence = request.slot
+            try:
+                self._prefill(sequence, request.todo[:-1])
+            except Exception as err:  # noqa: BLE001 - llama.cpp computes the prompt itself instead
+                log.warning("hybrid prefill failed, llama.cpp computes the prompt: %s", err)
+                self._clear_cells(sequence)
+                request.todo = list(request.prompt_ids)
+                request.stats.reused_tokens = 0
+                request.stats.computed_tokens = len(request.prompt_ids)
+            else:
+                request.todo = request.todo[-1:]
+            request.stats.prefill_seconds += time.perf_counter() - started
+        return True
+
+    def _prefill(self, sequence: _Sequence, new_ids: list[int]) -> None:
+        past = self._read(sequence) if sequence.ids else None
+        keys, values = self._hf_prefill(new_ids, past)
+        n = keys[0].shape[2]
+        state = SeqState(
+            seq_id=sequence.seq_id,
+            n_stream=self._layout["n_stream"],
+            stream=sequence.seq_id if self._layout["n_stream"] > 1 else 0,
+            positions=np.arange(n, dtype=np.int32),
+            keys=[self._rows(k, self._order) for k in keys],
+            values=[self._rows(v, None) for v in values],
+            v_trans=self._layout["v_trans"],
+            k_type=self._layout["k_type"],
+            v_type=self._layout["v_type"],
+        )
+        self._write(sequence, state)
+        sequence.ids = sequence.ids + list(new_ids)
+        self.prefilled_tokens += len(new_ids)
+
+    def _hf_prefill(self, ids: list[int], past: SeqState | None) -> tuple[list[Any], list[Any]]:
+        """Keys and values, ``(1, heads, tokens, dim)`` per layer, of the cached prefix plus ``ids``."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self._hf.config)
+        if past is not None:
+            dtype = next(self._hf.parameters()).dtype
+            inverse = None if self._order is None else np.argsort(self._order)
+            for layer, (k, v) in enumerate(zip(past.keys, past.values)):
+                cache.update(self._tensor(k, inverse, dtype), self._tensor(v, None, dtype), layer)
+        with torch.inference_mode():
+            out = self._hf.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        layers = out.past_key_values.layers
+        return [layer.keys for layer in layers], [layer.values for layer in layers]
+
+    def _rows(self, tensor: Any, order: np.ndarray | None) -> np.ndarray:
+        """``(1, heads, tokens, dim)`` → llama.cpp's ``(tokens, heads * dim)`` rows in float16."""
+        array = tensor[0].transpose(0, 1).float().numpy()
+        if order is not None:
+            array = array[..., order]
+        return array.reshape(array.shape[0], -1).astype(np.float16)
+
+    def _tensor(self, rows: np.ndarray, order: np.ndarray | None, dtype: Any) -> Any:
+        import torch
+
+        array = rows.astype(np.float32).reshape(rows.shape[0], self._kv_heads, self._head_dim)
+        if order is not None:
+            array = array[..., order]
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(1, 0, 2))).unsqueeze(0).to(dtype)
+
+    # -- llama.cpp's side ----------------------------------------------------------
+    def _llama_prefill(self, sequence: _Sequence, ids: list[int]) -> None:
+        batch = self._batch
+        for j, token in enumerate(ids):
+            batch.token[j] = token
+            batch.pos[j] = j
+            batch.n_seq_id[j] = 1
+            batch.seq_id[j][0] = sequence.seq_id
+            batch.logits[j] = int(j == len(ids) - 1)
+        batch.n_tokens = len(ids)
+        if self._lib.llama_decode(self._ctx, batch) != 0:
+            raise EngineError("llama.cpp could not compute the probe prompt")
+        sequence.ids = list(ids)
+
+    def _read(self, sequence: _Sequence) -> SeqState:
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self._ctx, sequence.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        got = lib.llama_state_seq_get_data(self._ctx, buffer, size, sequence.seq_id)
+        state = read_state(bytes(memoryview(buffer)[:got]))
+        if not np.array_equal(state.positions, np.arange(len(sequence.ids))):
+            raise StateFormatError("the cached positions are not 0..n-1")
+        return state
+
+    def _write(self, sequence: _Sequence, state: SeqState) -> None:
+        data = write_state(state)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if self._lib.llama_state_seq_set_data(self._ctx, buffer, len(data), sequence.seq_id) != len(data):
+            raise EngineError("llama.cpp did not take the prefilled cache")
+
+    def _clear_cells(self, sequence: _Sequence) -> None:
+        self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+        sequence.ids = []
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "hybrid_prefill": self.hybrid_prefill,
+            "min_prefill": self.min_prefill,
+            "prefilled_tokens": self.prefilled_tokens,
+            **self._layout,
+        }
