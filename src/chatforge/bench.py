@@ -17,6 +17,7 @@ weights. Results are printed as Markdown (and written with ``--out``), with a PN
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,9 @@ def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, An
 
 
 def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
+    """Each stream count on the engine directly and through the HTTP server, taking turns run
+    by run (direct, server, direct, ...) so that the server's overhead is measured under the
+    same conditions; medians over ``opts.runs`` runs."""
     from chatforge.engines.base import SamplingParams
 
     prompts = [chat_prompt(model, f"{STORY} (version {i})") for i in range(max(opts.streams))]
@@ -331,19 +335,30 @@ def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
         chunks = list(model.engine.stream(prompts[i], params))
         return chunks[-1].stats.completion_tokens, time.perf_counter() - started
 
-    rows = []
-    for n in opts.streams:
-        row = run_streams(n, direct)
-        row["path"] = f"{model.engine.name} engine directly"
-        rows.append(row)
-        log.info("%s, %d streams: %.1f tok/s", row["path"], n, row["aggregate_tps"])
-    if opts.server:
-        rows += measure_server(model, opts)
+    paths: dict[str, Callable[[int], tuple[int, float]]] = {f"{model.engine.name} engine directly": direct}
+    with _server(model, opts) as served:
+        if served is not None:
+            paths[f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"] = served
+        rows = []
+        for n in opts.streams:
+            runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+            for _ in range(max(1, opts.runs)):
+                for path, one in paths.items():
+                    runs[path].append(run_streams(n, one))
+                    log.info("%s, %d streams: %.1f tok/s", path, n, runs[path][-1]["aggregate_tps"])
+            for path, measured in runs.items():
+                row = {key: statistics.median(r[key] for r in measured) for key in measured[0]}
+                row.update(streams=n, path=path, runs_tps=[r["aggregate_tps"] for r in measured])
+                rows.append(row)
     return rows
 
 
-def measure_server(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
-    """The same streams through chatforge's OpenAI-compatible server on loopback."""
+@contextlib.contextmanager
+def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[int], tuple[int, float]] | None]:
+    """chatforge's OpenAI-compatible server on loopback, and one streamed request through it."""
+    if not opts.server:
+        yield None
+        return
     try:
         import httpx
         import uvicorn
@@ -352,7 +367,8 @@ def measure_server(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
         from chatforge.serve.settings import ServeSettings
     except ImportError as err:
         log.warning("skipping the server measurement: %s", err)
-        return []
+        yield None
+        return
     workers = max(max(opts.streams), getattr(model.engine, "max_batch", 1))
     app = create_app(model, ServeSettings(max_queue=4 * workers, workers=workers, ui=False))
     with socket.socket() as s:
@@ -386,17 +402,11 @@ def measure_server(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
                         tokens = usage.get("completion_tokens", tokens)
         return tokens, time.perf_counter() - started
 
-    rows = []
     try:
-        for n in opts.streams:
-            row = run_streams(n, one)
-            row["path"] = f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"
-            rows.append(row)
-            log.info("server, %d streams: %.1f tok/s", n, row["aggregate_tps"])
+        yield one
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return rows
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -461,11 +471,12 @@ def report(results: Results, opts: BenchOptions) -> str:
         lines += [
             f"### Concurrent streams ({opts.stream_tokens} tokens each)",
             "",
-            "| path | streams | aggregate tokens/s | p50 latency s | p95 latency s |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| path | streams | aggregate tokens/s | p50 latency s | p95 latency s | runs (tokens/s) |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
         ]
         lines += [
-            f"| {r['path']} | {r['streams']} | {r['aggregate_tps']:.1f} | {r['p50_s']:.1f} | {r['p95_s']:.1f} |"
+            f"| {r['path']} | {r['streams']} | {r['aggregate_tps']:.1f} | {r['p50_s']:.1f} | {r['p95_s']:.1f} "
+            f"| {', '.join(f'{x:.1f}' for x in r.get('runs_tps', []))} |"
             for r in results.streams
         ]
         lines.append("")
