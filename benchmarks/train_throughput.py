@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+from chatforge.allocator import jemalloc_loaded, reexec_with_jemalloc
+
 CONFIGS = ("multi-padded", "multi-packed", "split-padded", "split-packed")
 
 # -- synthetic data ------------------------------------------------------------------------
@@ -347,9 +348,8 @@ def main() -> int:
     p.add_argument("--no-jemalloc", action="store_true")
     args = p.parse_args()
 
-    if not args.no_jemalloc and Path(JEMALLOC).exists() and JEMALLOC not in os.environ.get("LD_PRELOAD", ""):
-        env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [JEMALLOC, os.environ.get("LD_PRELOAD")])))
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if not args.no_jemalloc:
+        reexec_with_jemalloc(sys.argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     for n in names:
         if n not in CONFIGS:
@@ -367,7 +367,7 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     counter = Counting()
     counter.install()
-    jemalloc = JEMALLOC in os.environ.get("LD_PRELOAD", "")
+    jemalloc = jemalloc_loaded()
     print(
         f"# {dt.datetime.now():%Y-%m-%d %H:%M} · torch {torch.__version__} · transformers "
         f"{transformers.__version__} · {torch.get_num_threads()} threads · jemalloc {'on' if jemalloc else 'off'}"

@@ -242,9 +242,19 @@ def _resolve(target: str) -> Callable[[Any], None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and getattr(args, "command", None) == "train":
+        # A real command line (not a caller's argv): worth restarting under jemalloc.
+        from chatforge.allocator import reexec_with_jemalloc
+
+        reexec_with_jemalloc(["-m", "chatforge.cli", *sys.argv[1:]])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if getattr(args, "command", None) == "train":
+        from chatforge.allocator import jemalloc_loaded
+
+        if jemalloc_loaded():
+            log.info("memory allocator: jemalloc (CHATFORGE_JEMALLOC=0 keeps glibc's)")
     try:
         handler = getattr(args, "handler", None) or args.func
         return int(handler(args) or 0)
