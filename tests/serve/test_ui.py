@@ -197,3 +197,27 @@ def test_sessions_are_bounded_expire_and_retry_replaces_the_turn(tiny_tokenizer)
     time.sleep(0.02)
     assert store.get("d", "code") and "a" not in store and len(store) == 1
     store.close()
+
+
+def test_turns_answered_in_chat_mode_reach_the_agent(tiny_tokenizer):
+    """Tool turn, then a chat-mode turn (the API, not the agent), then a tool turn: the agent
+    sees the chat-mode turn; going back before it drops it again."""
+    model = scripted_model(tiny_tokenizer, ["one", "two", "three"])
+    store = AgentSessions(model, AgentOptions())
+    session = store.get("a", "tools")
+
+    def turn(query: str, history: list[tuple[str, str]]) -> str:
+        t = AgentTurn("a", "tools", query, history, None, {}, 6)
+        return list(_run_turn(session, t, threading.Event()))[-1]["text"]
+
+    def texts() -> list[str]:
+        return [m.content for m in session.agent.messages[1:]]
+
+    assert turn("q0", []) == "one"
+    chat_turn = [("user", "q1 in chat mode"), ("assistant", "a1 from the API")]
+    assert turn("q2", [("user", "q0"), ("assistant", "one"), *chat_turn]) == "two"
+    assert texts() == ["q0", "one", "q1 in chat mode", "a1 from the API", "q2", "two"]
+    # The page edits turn 1 and reruns it in tool mode: turns 1 and 2 go, turn 0 stays.
+    assert turn("q1 again", [("user", "q0"), ("assistant", "one")]) == "three"
+    assert texts() == ["q0", "one", "q1 again", "three"]
+    store.close()

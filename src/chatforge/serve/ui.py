@@ -86,9 +86,11 @@ class AgentSession:
     agent: Agent
     lock: threading.Lock = field(default_factory=threading.Lock)
     turns: dict[int, int] = field(default_factory=dict)
-    """Page turn number -> index in ``agent.messages`` where that turn starts (completed turns)."""
-    seeded: bool = False
-    """The page's earlier (text) history has been copied in."""
+    """Page turn number -> index in ``agent.messages`` where that turn starts (turns the agent
+    ran, and turns copied from the page's history)."""
+    synced: int = 0
+    """How many of the page's turns ``agent.messages`` holds: turns the page ran in another
+    mode (chat mode goes to the API, not to this agent) are copied in before the next turn."""
     last_used: float = field(default_factory=time.monotonic)
 
     @property
@@ -430,6 +432,7 @@ def _run_turn(session: AgentSession, turn: AgentTurn, cancel: threading.Event) -
             events.close()
         if finished:
             session.turns[turn.number] = start
+            session.synced = turn.number + 1
         else:
             del agent.messages[start:]
     except Exception as err:
@@ -451,9 +454,19 @@ def _prepare(session: AgentSession, turn: AgentTurn) -> None:
         del agent.messages[min(session.turns[n] for n in later) :]
         for n in later:
             del session.turns[n]
-    if not session.seeded:
-        session.seeded = True
-        agent.messages += [Message(Role.parse(role), text) for role, text in turn.history if text]
+    session.synced = min(session.synced, turn.number)
+    # Page turns this agent has not seen (all of them for a new agent; turns answered in chat
+    # mode since): copied in as text, each recorded where it starts.
+    number = -1
+    for role, text in turn.history:
+        number += role == "user"
+        if number < session.synced:
+            continue
+        if role == "user":
+            session.turns[number] = len(agent.messages)
+        if text:
+            agent.messages.append(Message(Role.parse(role), text))
+    session.synced = turn.number
     has_system = bool(agent.messages) and agent.messages[0].role is Role.SYSTEM
     if turn.system is not None:
         if has_system:
