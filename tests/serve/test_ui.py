@@ -221,3 +221,59 @@ def test_turns_answered_in_chat_mode_reach_the_agent(tiny_tokenizer):
     assert turn("q1 again", [("user", "q0"), ("assistant", "one")]) == "three"
     assert texts() == ["q0", "one", "q1 again", "three"]
     store.close()
+
+
+def test_running_code_does_not_hold_an_api_worker(tiny_tokenizer, tmp_path):
+    """A Code-mode turn whose code sleeps, with the API's generation workers cut to one: a
+    chat completion is answered while the code still runs (agent turns have their own threads)."""
+    import socket
+
+    import uvicorn
+
+    from chatforge.serve.app import create_app
+    from chatforge.serve.settings import ServeSettings
+
+    code = "```python\nimport time\ntime.sleep(4)\nprint('slept')\n```"
+    model = scripted_model(tiny_tokenizer, [code, "the API answer", "the code slept"])
+    app = create_app(
+        model, ServeSettings(workers=1, max_queue=4), agent_options=AgentOptions(workdir=tmp_path / "work")
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events: list[dict] = []
+        output_seen = threading.Event()
+
+        def agent_turn() -> None:
+            body = {"conversation": "slow", "mode": "code", "query": "sleep a bit"}
+            with httpx.stream("POST", url + "/ui/agent", json=body, timeout=120) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data:") and line[5:].strip().startswith("{"):
+                        events.append(json.loads(line[5:]))
+                        if events[-1]["type"] == "code":
+                            output_seen.set()
+
+        runner = threading.Thread(target=agent_turn)
+        runner.start()
+        assert output_seen.wait(60), events  # the code is running now
+        reply = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "default", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=60,
+        )
+        finished_before_the_code = not any(e["type"] == "final" for e in events)
+        runner.join(60)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "the API answer"
+        assert finished_before_the_code, events
+        assert events[-1] == {**events[-1], "type": "final"} and "the code slept" in json.dumps(events[-1])
+    finally:
+        server.should_exit = True
+        thread.join(10)

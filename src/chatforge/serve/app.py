@@ -51,9 +51,9 @@ def create_app(
     embedder = Embedder()
 
     metrics_holder: dict[str, Metrics] = {}
-    # Engines batch concurrent requests themselves: feed them as many as they can take,
-    # and keep one worker free for the UI's agent jobs (code runs for seconds).
-    workers = settings.workers or getattr(model.engine, "max_batch", 1) + 1
+    # Engines batch concurrent requests themselves: feed them as many as they can take.
+    # (The UI's agent turns, whose code may run for a minute, have workers of their own.)
+    workers = settings.workers or getattr(model.engine, "max_batch", 1)
     worker = GenerationWorker(
         settings.max_queue, workers, on_cancelled=lambda: metrics_holder["m"].cancelled.inc()
     )
@@ -65,6 +65,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         worker.close()
+        agent_worker = getattr(app.state, "agent_worker", None)
+        if agent_worker is not None:
+            agent_worker.close()
         agent_sessions = getattr(app.state, "agent_sessions", None)
         if agent_sessions is not None:  # the UI's agents and their code kernels
             agent_sessions.close()

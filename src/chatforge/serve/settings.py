@@ -19,7 +19,7 @@ class ServeSettings:
     """Requests waiting for the engine beyond this get 503 (with Retry-After)."""
     request_timeout: float = 300.0
     """Seconds a request may wait and generate before it is cancelled."""
-    workers: int | None = None  # None: the engine's batch size, plus one for agent jobs
+    workers: int | None = None  # None: the engine's batch size (the UI's agent turns have their own)
     """Generation threads; engines are single-stream today, so more only helps batching engines."""
     default_max_tokens: int | None = None
     """max_tokens when a request gives none (None: the rest of the context window)."""

@@ -13,8 +13,10 @@ idle ones. Routes (all behind the API key, like the API):
 * ``POST /ui/upload``: put a file (JSON, base64 data) into the conversation's code session.
 * ``POST /ui/clear``: forget a conversation (its agent and its kernel).
 
-The loop blocks (generation, tools, code), so it runs as a job on the generation worker,
-like every other generation; a client that goes away cancels it between steps.
+The loop blocks (generation, tools, code), so it runs as a job on a worker pool of its own
+(``AgentOptions.agent_workers`` threads, a queue of ``max_sessions``): a long code execution
+never takes a thread from the API's generation workers. A client that goes away cancels the
+turn between steps.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from chatforge.serve.errors import APIError
+from chatforge.serve.worker import GenerationWorker
 
 if TYPE_CHECKING:
     from chatforge.agent.interpreter import CodeInterpreter
@@ -76,6 +79,9 @@ class AgentOptions:
     """Default (and, times four, the ceiling of) generations per user turn."""
     max_upload_bytes: int = 25 * 1024 * 1024
     """Largest file the page may upload (it travels base64 in JSON)."""
+    agent_workers: int = 4
+    """Agent turns run at once. They have threads of their own, so code that runs for a minute
+    never holds one of the API's generation workers; their generations join the engine's batch."""
 
 
 @dataclass
@@ -236,6 +242,8 @@ def mount_ui(app: FastAPI, model_id: str, options: AgentOptions | None = None) -
     options = options or AgentOptions()
     sessions = AgentSessions(app.state.model, options) if agent_available() else None
     app.state.agent_sessions = sessions  # closed by the app's lifespan on shutdown
+    turns = GenerationWorker(max_queue=options.max_sessions, threads=options.agent_workers)
+    app.state.agent_worker = turns  # closed by the app's lifespan on shutdown
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -269,7 +277,7 @@ def mount_ui(app: FastAPI, model_id: str, options: AgentOptions | None = None) -
                 409, "this conversation is still answering; stop it or wait", code="conversation_busy"
             )
         try:
-            job = app.state.worker.submit(lambda cancel: _run_turn(session, turn, cancel))
+            job = turns.submit(lambda cancel: _run_turn(session, turn, cancel))
         except Exception as err:  # QueueFullError: the server is busy
             raise APIError(503, str(err), code="queue_full", headers={"Retry-After": "1"}) from None
         return StreamingResponse(_sse(request, job), media_type="text/event-stream", headers=SSE_HEADERS)
