@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
 }
 OPTIONAL_COMMANDS: dict[str, str] = {
     "serve": "chatforge.serve.cli:add_serve_command",
-    "convert": "chatforge.models.chatglm:add_convert_command",
+    "convert": "chatforge.models.chatglm_cli:add_convert_command",
     "train": "chatforge.train.cli:add_train_command",
     "eval": "chatforge.train.cli:add_eval_command",
     "export": "chatforge.train.cli:add_export_command",

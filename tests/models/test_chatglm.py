@@ -25,16 +25,18 @@ from sentencepiece import sentencepiece_model_pb2
 sys.path.insert(0, str(Path(__file__).parent))
 from chatglm_reference import ReferenceConfig, random_reference_model  # noqa: E402
 
-from chatforge.models import chatglm  # noqa: E402
+from chatforge.models import chatglm, chatglm_cli  # noqa: E402
 from chatforge.models.chatglm import (  # noqa: E402
     ChatGLMConversionError,
     convert_chatglm,
-    convert_chatglm_adapter,
-    convert_chatglm_ptuning,
     detect_chatglm_variant,
     is_chatglm_checkpoint,
-    is_chatglm_layout_adapter,
     load_chatglm,
+)
+from chatforge.models.chatglm_adapters import (  # noqa: E402
+    convert_chatglm_adapter,
+    convert_chatglm_ptuning,
+    is_chatglm_layout_adapter,
 )
 from chatforge.models.chatglm_tokenizer import build_chatglm_tokenizer  # noqa: E402
 
@@ -376,16 +378,16 @@ def test_variant_detection_reads_but_never_runs_tokenizer_code(tmp_path):
 def test_command_line(tmp_path, checkpoint, capsys):
     import argparse
 
-    assert chatglm.main([str(checkpoint), str(tmp_path / "out"), "--no-progress", "--dtype", "bf16"]) == 0
+    assert chatglm_cli.main([str(checkpoint), str(tmp_path / "out"), "--no-progress", "--dtype", "bf16"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
-    assert chatglm.main([str(tmp_path / "out"), str(tmp_path / "again"), "--no-progress"]) == 2
+    assert chatglm_cli.main([str(tmp_path / "out"), str(tmp_path / "again"), "--no-progress"]) == 2
     assert "model_type" in capsys.readouterr().err
 
     parser = argparse.ArgumentParser(prog="chatforge")
-    chatglm.add_convert_command(parser.add_subparsers(dest="command"))
+    chatglm_cli.add_convert_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["convert", "chatglm", "in", "out"])
-    assert args.func is chatglm.convert_command and args.src == Path("in")
+    assert args.func is chatglm_cli.convert_command and args.src == Path("in")
 
 
 # -------------------------------------------------------------------------------------------- tokenizer
@@ -621,7 +623,7 @@ def test_original_layout_adapter_maps_exactly(tmp_path, converted, reference, re
 
 
 def test_adapter_module_names_map_to_glm():
-    from chatforge.models.chatglm import map_chatglm_module_names
+    from chatforge.models.chatglm_adapters import map_chatglm_module_names
 
     assert map_chatglm_module_names(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]) == [
         "q_proj",

@@ -110,7 +110,7 @@ def prepare_adapter(adapter: str | Path, source: ModelSource) -> Path:
     path = Path(adapter).expanduser()
     if source.kind != "chatglm":
         return path
-    from chatforge.models.chatglm import (
+    from chatforge.models.chatglm_adapters import (
         convert_chatglm_adapter,
         convert_chatglm_ptuning,
         is_chatglm_layout_adapter,
