@@ -261,3 +261,19 @@ def test_config_is_validated():
         InterpreterConfig(timeout=0)
     with pytest.raises(ValueError, match="memory_mb"):
         InterpreterConfig(memory_limit_mb=-1)
+
+
+def test_missing_landlock_protections_are_logged_once(caplog):
+    from chatforge.agent import kernel_session
+    from chatforge.agent.landlock import LandlockReport
+
+    report = LandlockReport(abi=3, filesystem=True, notes=("TCP restrictions need Landlock ABI 4",))
+    config = InterpreterConfig()
+    kernel_session._WARNED_UNCONFINED.discard(("abstract_unix_sockets", "signals", "tcp_connect"))
+    with caplog.at_level("WARNING", logger="chatforge.agent.interpreter"):
+        kernel_session._warn_if_unconfined(report, config)
+        kernel_session._warn_if_unconfined(report, config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "signals, tcp_connect" in warnings[0] and "os.kill(os.getppid(), 9)" in warnings[0]
+    assert "Landlock ABI 3" in warnings[0] and "landlock=False" in warnings[0]

@@ -1,7 +1,8 @@
 """The agent layer: tools the model can call, the sandboxed code interpreter (and, next, the agent loop).
 
-Public names are re-exported here; see `tools`, `builtin_tools`, `interpreter` and
-`sandbox` for what each module owns.
+Public names are re-exported here; see `tools`, `builtin_tools`, `interpreter` (with
+`kernel_session`, `outputs` and `interpreter_config`), `sandbox` and `landlock` for what
+each module owns.
 """
 
 from .builtin_tools import builtin_tools
@@ -20,8 +21,9 @@ from .interpreter import (
     StreamOutput,
     TextOutput,
 )
+from .landlock import LandlockReport
 from .loop import Agent, AgentEvent, AgentResult, EventKind
-from .sandbox import KernelLimits
+from .sandbox import KernelLimits, SandboxReport
 from .tools import (
     Tool,
     ToolArgumentError,
@@ -62,8 +64,10 @@ __all__ = [
     "InterpreterSession",
     "KernelLimits",
     "KernelStartError",
+    "LandlockReport",
     "NoticeOutput",
     "Output",
+    "SandboxReport",
     "StreamOutput",
     "TextOutput",
 ]

@@ -275,4 +275,3 @@ class Agent:
 
 def _is_code_call(call: ToolCall) -> bool:
     return call.name in CODE_TOOL_NAMES and isinstance(call.arguments.get("code"), str)
-
