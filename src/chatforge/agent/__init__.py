@@ -1,8 +1,9 @@
 """The agent layer: tools the model can call, the sandboxed code interpreter (and, next, the agent loop).
 
-Public names are re-exported here; see `tools`, `builtin_tools`, `interpreter` (with
-`kernel_session`, `outputs` and `interpreter_config`), `sandbox` and `landlock` for what
-each module owns.
+Public names are re-exported here; see `tools` (with `tool_definition`, `tool_schema`,
+`tool_arguments`, `tool_execution`, `tool_results`, `tool_errors` and `tool_registry`),
+`builtin_tools`, `interpreter` (with `kernel_session`, `outputs` and `interpreter_config`),
+`loop`, `sandbox` and `landlock` for what each module owns.
 """
 
 from .builtin_tools import builtin_tools

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .tools import truncation_marker
+from .tool_results import truncation_marker
 
 __all__ = [
     "ErrorOutput",
