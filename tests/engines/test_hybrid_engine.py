@@ -103,7 +103,7 @@ def test_prefilled_cache_matches_llama_cpps_own(hybrid, smollm_tokenizer):
     mine = hybrid.new_state()
     before = hybrid.prefilled_tokens
     out, last = run(hybrid, ids, params, mine)
-    assert hybrid.prefilled_tokens - before == len(ids) - 1  # the last prompt token is llama.cpp's
+    assert hybrid.prefilled_tokens - before == len(ids)
     assert last.stats.computed_tokens == len(ids)
     assert "Paris" in smollm_tokenizer.decode(out)
     hybrid.min_prefill = 10**9  # llama.cpp computes the same prompt itself
@@ -126,7 +126,7 @@ def test_follow_up_turn_prefills_on_top_of_the_cached_prefix(hybrid, smollm_toke
     before = hybrid.prefilled_tokens
     out2, last = run(hybrid, follow, params, state)
     assert last.stats.reused_tokens == len(first) + len(out1) - 1
-    assert hybrid.prefilled_tokens - before == len(follow) - last.stats.reused_tokens - 1
+    assert hybrid.prefilled_tokens - before == len(follow) - last.stats.reused_tokens
     hybrid.min_prefill = 10**9
     try:
         whole = hybrid.new_state()

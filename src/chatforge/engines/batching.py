@@ -104,6 +104,7 @@ class Request:
     tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     released: threading.Event = field(default_factory=threading.Event)
     todo: list[int] = field(default_factory=list)  # ids to run through the model next
+    ready: np.ndarray | None = None  # next-token logits the subclass computed at admission
     generated: list[int] = field(default_factory=list)
     slot: Any = None  # where the subclass keeps this request's cache
     consumed: int = 0  # tokens the reader has taken
@@ -113,7 +114,7 @@ class Request:
 
     @property
     def decoding(self) -> bool:
-        return not self.finished and bool(self.todo)
+        return not self.finished and (bool(self.todo) or self.ready is not None)
 
     def finish(self, error: BaseException | None = None) -> None:
         if not self.finished:
@@ -257,17 +258,22 @@ class BatchingEngine(Engine):
             request.released.set()
 
     def _step(self) -> bool:
+        # Prompts whose last logits came with their admission: their first token, no forward pass.
+        ready = [r for r in self._active if r.ready is not None and not r.finished]
+        for request in ready:
+            row, request.ready = request.ready, None
+            self._take(request, row)
         room = self.max_step_tokens
         work: list[Work] = []
         # Decoding requests first (one token each), then prompt chunks in the room left.
         for request in sorted(self._active, key=lambda r: len(r.todo) > 1):
-            if not request.decoding or room <= 0:
+            if not request.decoding or not request.todo or room <= 0:
                 continue
             ids = request.todo[:room]
             work.append(Work(request, ids, logits=len(ids) == len(request.todo)))
             room -= len(ids)
         if not work:
-            return False
+            return bool(ready)
         started = time.perf_counter()
         try:
             rows = self._forward(work)
@@ -282,28 +288,32 @@ class BatchingEngine(Engine):
             request.todo = request.todo[len(item.ids) :]
             if not request.generated:
                 request.stats.prefill_seconds += elapsed
-            if row is None:
-                continue
-            try:
-                token = request.sampler(row)
-            except Exception as err:  # noqa: BLE001 - NaN logits and the like, for this request only
-                request.finish(err)
-                continue
-            request.sampler.observe(token)
-            request.generated.append(token)
-            request.tokens.put(token)
-            if len(request.generated) >= request.budget or token in request.params.stop_token_ids:
-                request.finish()
-            else:
-                request.todo = [token]
+            if row is not None:
+                self._take(request, row)
         return True
+
+    def _take(self, request: Request, row: np.ndarray) -> None:
+        """Sample the request's next token from ``row`` and hand it to its reader."""
+        try:
+            token = request.sampler(row)
+        except Exception as err:  # noqa: BLE001 - NaN logits and the like, for this request only
+            request.finish(err)
+            return
+        request.sampler.observe(token)
+        request.generated.append(token)
+        request.tokens.put(token)
+        if len(request.generated) >= request.budget or token in request.params.stop_token_ids:
+            request.finish()
+        else:
+            request.todo = [token]
 
     # -- what a subclass provides --------------------------------------------------
     @abstractmethod
     def _admit(self, request: Request) -> bool:
         """Give the request a cache (reusing its state's prefix), set ``request.todo`` to the
         prompt ids still to compute and fill ``stats.reused_tokens``/``computed_tokens``.
-        Return False to leave it waiting (no room now)."""
+        A subclass that computed the whole prompt here leaves ``todo`` empty and puts the
+        last position's logits in ``request.ready``. Return False to leave it waiting."""
 
     @abstractmethod
     def _forward(self, work: list[Work]) -> list[np.ndarray | None]:

@@ -6,8 +6,8 @@ about twice as fast (docs/benchmarks.md). This engine takes the better half of e
 is the llama.cpp engine (same batching, sequences, prefix reuse and sampling), except
 that a prompt with at least ``min_prefill`` new tokens is run through the transformers
 model, and the keys and values that produced are written into the llama.cpp sequence
-through its state API (:mod:`chatforge.engines.kvstate`). llama.cpp then computes only
-the prompt's last token and decodes as usual. A follow-up turn's cached prefix is read
+through its state API (:mod:`chatforge.engines.kvstate`); the first new token is sampled
+from the transformers model's logits, and llama.cpp decodes from there as usual. A follow-up turn's cached prefix is read
 back from llama.cpp the same way, so the new tokens attend to it.
 
 The two models must be the same weights: the GGUF file and a Hugging Face directory of
@@ -126,7 +126,7 @@ class HybridEngine(LlamaCppEngine):
             raise EngineError(
                 f"KV rows are {state.keys[0].shape[1]} wide in llama.cpp and {width} in the prefill model"
             )
-        keys, _ = self._hf_prefill(ids, None)
+        keys, _, _ = self._hf_prefill(ids, None)
         mine = keys[0][0].transpose(0, 1).reshape(len(ids), self._kv_heads, self._head_dim).float().numpy()
         theirs = state.keys[0].astype(np.float32).reshape(len(ids), self._kv_heads, self._head_dim)
         scale = float(np.abs(theirs).mean()) or 1.0
@@ -149,11 +149,11 @@ class HybridEngine(LlamaCppEngine):
     def _admit(self, request: Request) -> bool:
         if not super()._admit(request):
             return False
-        if self.hybrid_prefill and len(request.todo) - 1 >= self.min_prefill:
+        if self.hybrid_prefill and len(request.todo) >= self.min_prefill:
             started = time.perf_counter()
             sequence: _Sequence = request.slot
             try:
-                self._prefill(sequence, request.todo[:-1])
+                request.ready = self._prefill(sequence, request.todo)
             except Exception as err:  # noqa: BLE001 - llama.cpp computes the prompt itself instead
                 log.warning("hybrid prefill failed, llama.cpp computes the prompt: %s", err)
                 self._clear_cells(sequence)
@@ -161,13 +161,15 @@ class HybridEngine(LlamaCppEngine):
                 request.stats.reused_tokens = 0
                 request.stats.computed_tokens = len(request.prompt_ids)
             else:
-                request.todo = request.todo[-1:]
+                request.todo = []
             request.stats.prefill_seconds += time.perf_counter() - started
         return True
 
-    def _prefill(self, sequence: _Sequence, new_ids: list[int]) -> None:
+    def _prefill(self, sequence: _Sequence, new_ids: list[int]) -> np.ndarray:
+        """Compute ``new_ids`` after the sequence's cache in transformers, store the keys and
+        values in llama.cpp, and return the next-token logits."""
         past = self._read(sequence) if sequence.ids else None
-        keys, values = self._hf_prefill(new_ids, past)
+        keys, values, logits = self._hf_prefill(new_ids, past)
         n = keys[0].shape[2]
         state = SeqState(
             seq_id=sequence.seq_id,
@@ -183,9 +185,11 @@ class HybridEngine(LlamaCppEngine):
         self._write(sequence, state)
         sequence.ids = sequence.ids + list(new_ids)
         self.prefilled_tokens += len(new_ids)
+        return logits[: self.n_vocab]
 
-    def _hf_prefill(self, ids: list[int], past: SeqState | None) -> tuple[list[Any], list[Any]]:
-        """Keys and values, ``(1, heads, tokens, dim)`` per layer, of the cached prefix plus ``ids``."""
+    def _hf_prefill(self, ids: list[int], past: SeqState | None) -> tuple[list[Any], list[Any], np.ndarray]:
+        """Keys and values, ``(1, heads, tokens, dim)`` per layer, of the cached prefix plus
+        ``ids``, and the logits after the last of ``ids`` (float32)."""
         import torch
         from transformers import DynamicCache
 
@@ -196,9 +200,10 @@ class HybridEngine(LlamaCppEngine):
             for layer, (k, v) in enumerate(zip(past.keys, past.values)):
                 cache.update(self._tensor(k, inverse, dtype), self._tensor(v, None, dtype), layer)
         with torch.inference_mode():
-            out = self._hf.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            out = self._hf(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1)
         layers = out.past_key_values.layers
-        return [layer.keys for layer in layers], [layer.values for layer in layers]
+        logits = out.logits[0, -1].float().numpy()
+        return [layer.keys for layer in layers], [layer.values for layer in layers], logits
 
     def _rows(self, tensor: Any, order: np.ndarray | None) -> np.ndarray:
         """``(1, heads, tokens, dim)`` → llama.cpp's ``(tokens, heads * dim)`` rows in float16."""
