@@ -52,7 +52,9 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    print("| mode | engine | RSS after load MiB | RSS after a 1,000-token prompt + 32 tokens MiB | peak MiB |")
+    print(
+        "| mode | engine | RSS after load MiB | RSS after a 1,000-token prompt + 32 tokens MiB | peak MiB |"
+    )
     print("| --- | --- | ---: | ---: | ---: |")
     for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
         kwargs = MODES[mode]

@@ -28,7 +28,6 @@ import argparse
 import copy
 import datetime as dt
 import json
-import os
 import random
 import sys
 import tempfile

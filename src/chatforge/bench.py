@@ -503,17 +503,32 @@ def goals(results: Results, opts: BenchOptions) -> list[str]:
 
     mine = find(results.single, me, "decode_tps")
     ratio("decode vs plain llama.cpp", mine, find(results.single, "plain llama_cpp", "decode_tps"), 1.0)
-    ratio("decode vs plain transformers generate", mine, find(results.single, "plain transformers", "decode_tps"), 2.0)
-    ratio("prefill vs plain transformers", find(results.prefill, me, "tps"),
-          find(results.prefill, "plain transformers", "tps"), 1.0)
+    ratio(
+        "decode vs plain transformers generate",
+        mine,
+        find(results.single, "plain transformers", "decode_tps"),
+        2.0,
+    )
+    ratio(
+        "prefill vs plain transformers",
+        find(results.prefill, me, "tps"),
+        find(results.prefill, "plain transformers", "tps"),
+        1.0,
+    )
     reuse = results.turns.get(f"{engine} reuse")
     if reuse and len(reuse) >= 2:
         ratio(f"turn-{len(reuse)} TTFT / turn-1 TTFT", reuse[-1], reuse[0], 1.2, higher=False)
     served = {r["streams"]: r for r in results.streams if r["path"].startswith(f"HTTP server -> {engine} ")}
     direct = {r["streams"]: r for r in results.streams if r["path"] == f"{engine} engine directly"}
     if 4 in served:
-        checks.append(("4 streams through the server, tokens/s", served[4]["aggregate_tps"], "≥ 64",
-                       served[4]["aggregate_tps"] >= 64))
+        checks.append(
+            (
+                "4 streams through the server, tokens/s",
+                served[4]["aggregate_tps"],
+                "≥ 64",
+                served[4]["aggregate_tps"] >= 64,
+            )
+        )
     for n in sorted(set(served) & set(direct)):
         overhead = 1 - served[n]["aggregate_tps"] / direct[n]["aggregate_tps"]
         checks.append((f"server overhead at {n} stream(s)", overhead, "≤ 0.05", overhead <= 0.05))

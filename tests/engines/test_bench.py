@@ -36,8 +36,12 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
     assert all(r["tokens"] == 4 * r["streams"] for r in results.streams)
     text = report(results, opts)
     assert "### Goals (chatforge llama.cpp)" in text
-    for label in ("decode vs plain llama.cpp", "prefill vs plain transformers", "turn-2 TTFT / turn-1 TTFT",
-                  "server overhead at 2 stream(s)"):
+    for label in (
+        "decode vs plain llama.cpp",
+        "prefill vs plain transformers",
+        "turn-2 TTFT / turn-1 TTFT",
+        "server overhead at 2 stream(s)",
+    ):
         assert re.search(rf"\| {re.escape(label)} \| -?\d+\.\d\d \|", text), label
     plot(results, str(tmp_path / "bench.png"))
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"

@@ -73,7 +73,13 @@ def hybrid(smollm_path, smollm_tokenizer, smollm_hf):
     from chatforge.engines.hybrid import HybridEngine
 
     engine = HybridEngine(
-        smollm_path, smollm_tokenizer, smollm_hf, min_prefill=8, context_length=1024, n_parallel=3, n_threads=1
+        smollm_path,
+        smollm_tokenizer,
+        smollm_hf,
+        min_prefill=8,
+        context_length=1024,
+        n_parallel=3,
+        n_threads=1,
     )
     yield engine
     engine.close()
@@ -91,6 +97,16 @@ def relative_difference(a: SeqState, b: SeqState) -> float:
     return worst
 
 
+def llama_only(hybrid, ids, params):
+    """The same engine with llama.cpp computing the prompt itself: (tokens, state)."""
+    saved, hybrid.min_prefill = hybrid.min_prefill, 10**9
+    try:
+        state = hybrid.new_state()
+        return run(hybrid, ids, params, state)[0], state
+    finally:
+        hybrid.min_prefill = saved
+
+
 def test_probe_finds_the_interleaved_rotary_layout(hybrid):
     info = hybrid.describe()
     assert info["hybrid_prefill"] and info["rotary"] == "interleaved", info
@@ -106,12 +122,7 @@ def test_prefilled_cache_matches_llama_cpps_own(hybrid, smollm_tokenizer):
     assert hybrid.prefilled_tokens - before == len(ids)
     assert last.stats.computed_tokens == len(ids)
     assert "Paris" in smollm_tokenizer.decode(out)
-    hybrid.min_prefill = 10**9  # llama.cpp computes the same prompt itself
-    try:
-        theirs = hybrid.new_state()
-        reference, _ = run(hybrid, ids, params, theirs)
-    finally:
-        hybrid.min_prefill = 8
+    reference, theirs = llama_only(hybrid, ids, params)
     assert out[:2] == reference[:2]
     # Every layer's keys and values, position for position, within the Q4 weights' noise.
     assert relative_difference(cached(hybrid, mine), cached(hybrid, theirs)) < 0.08
@@ -127,17 +138,14 @@ def test_follow_up_turn_prefills_on_top_of_the_cached_prefix(hybrid, smollm_toke
     out2, last = run(hybrid, follow, params, state)
     assert last.stats.reused_tokens == len(first) + len(out1) - 1
     assert hybrid.prefilled_tokens - before == len(follow) - last.stats.reused_tokens
-    hybrid.min_prefill = 10**9
-    try:
-        whole = hybrid.new_state()
-        reference, _ = run(hybrid, follow, params, whole)
-    finally:
-        hybrid.min_prefill = 8
+    reference, whole = llama_only(hybrid, follow, params)
     assert out2[:2] == reference[:2]
     assert relative_difference(cached(hybrid, state), cached(hybrid, whole)) < 0.08
 
 
-def test_a_failing_prefill_falls_back_to_llama_cpp(hybrid, smollm_engine, smollm_tokenizer, monkeypatch, caplog):
+def test_a_failing_prefill_falls_back_to_llama_cpp(
+    hybrid, smollm_engine, smollm_tokenizer, monkeypatch, caplog
+):
     def broken(sequence, state):
         raise RuntimeError("simulated")
 
@@ -151,15 +159,24 @@ def test_a_failing_prefill_falls_back_to_llama_cpp(hybrid, smollm_engine, smollm
     assert out == run(smollm_engine, ids, params)[0]
 
 
-def test_other_weights_turn_the_hybrid_path_off(smollm_path, smollm_tokenizer, smollm_hf, smollm_engine, caplog):
+def test_other_weights_turn_the_hybrid_path_off(
+    smollm_path, smollm_tokenizer, smollm_hf, smollm_engine, caplog
+):
     from transformers import AutoModelForCausalLM
 
     from chatforge.engines.hybrid import HybridEngine
 
     stranger = AutoModelForCausalLM.from_config(smollm_hf.config)  # same shapes, random weights
     with caplog.at_level(logging.WARNING, logger="chatforge.engines.hybrid"):
-        engine = HybridEngine(smollm_path, smollm_tokenizer, stranger, min_prefill=8, context_length=512,
-                              n_parallel=1, n_threads=1)
+        engine = HybridEngine(
+            smollm_path,
+            smollm_tokenizer,
+            stranger,
+            min_prefill=8,
+            context_length=512,
+            n_parallel=1,
+            n_threads=1,
+        )
     try:
         assert not engine.hybrid_prefill
         assert "same weights" in caplog.text

@@ -16,7 +16,7 @@ def test_explicit_engines_and_aliases():
 
 
 def test_auto_choice(tmp_path, monkeypatch):
-    from chatforge.engines import hybrid
+    from chatforge.models import device
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
@@ -24,10 +24,10 @@ def test_auto_choice(tmp_path, monkeypatch):
     hf_dir.mkdir()
     (hf_dir / "config.json").write_text("{}")
     monkeypatch.setattr(select, "llama_cpp_available", lambda: True)
-    monkeypatch.setattr(hybrid, "bf16_matmul_cpu", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
     assert choose_engine(gguf, device="cpu") == "llama.cpp"
     assert choose_engine("default", device="cpu") == "llama.cpp"
-    monkeypatch.setattr(hybrid, "bf16_matmul_cpu", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
     # With bf16 matrix units: hybrid where HF weights are at hand (the default; --prefill-model).
     assert choose_engine("default", device="cpu") == "hybrid"
     assert choose_engine(gguf, device="cpu") == "llama.cpp"

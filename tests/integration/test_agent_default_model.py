@@ -30,7 +30,9 @@ def test_weather_question_calls_the_tool_and_answers_with_its_result(default_mod
 
 def test_plot_request_produces_a_png(default_model, tmp_path):
     with CodeInterpreter(InterpreterConfig(root_dir=tmp_path, timeout=60)) as interpreter:
-        agent = Agent(default_model, mode="code", interpreter=interpreter, do_sample=False, max_new_tokens=300)
+        agent = Agent(
+            default_model, mode="code", interpreter=interpreter, do_sample=False, max_new_tokens=300
+        )
         result = agent.run("plot sin(x) from 0 to 2π and save it to sin.png")
         saved = agent.code_session.workdir / "sin.png"
         assert any(e.kind is EventKind.CODE for e in result.events)

@@ -61,11 +61,11 @@ def test_default_engine_prefills_long_prompts_in_bf16_and_agrees_with_llama_cpp(
     """On CPUs with bf16 matrix units the default is the hybrid engine: a long prompt's cache
     comes from transformers, the decode from llama.cpp, with llama.cpp's own answer."""
     from chatforge.engines.base import SamplingParams
-    from chatforge.engines.hybrid import bf16_matmul_cpu
     from chatforge.messages import Message
+    from chatforge.models.device import cpu_has_bf16
 
     engine = default_model.engine
-    if not bf16_matmul_cpu():
+    if not cpu_has_bf16():
         pytest.skip("no bf16 matrix units: the default engine is llama.cpp here")
     assert engine.name == "hybrid" and engine.describe()["rotary"] == "halves", engine.describe()
     notes = "长城是中国古代的军事防御工程。The Great Wall is about 21,000 km long. " * 6

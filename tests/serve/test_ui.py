@@ -271,7 +271,9 @@ def test_running_code_does_not_hold_an_api_worker(tiny_tokenizer, tmp_path):
         )
         finished_before_the_code = not any(e["type"] == "final" for e in events)
         runner.join(60)
-        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "the API answer"
+        assert (
+            reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "the API answer"
+        )
         assert finished_before_the_code, events
         assert events[-1] == {**events[-1], "type": "final"} and "the code slept" in json.dumps(events[-1])
     finally:

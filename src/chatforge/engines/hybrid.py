@@ -43,15 +43,6 @@ DEFAULT_MIN_PREFILL = 32
 _PROBE_TOLERANCE = 0.1  # mean relative difference of the layer-0 keys the probe accepts
 
 
-def bf16_matmul_cpu() -> bool:
-    """Whether this CPU has bf16 matrix instructions PyTorch uses (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def _halves_to_pairs(head_dim: int) -> np.ndarray:
     """Index map from a rotate-half head layout (i, i+d/2) to an interleaved one (2i, 2i+1)."""
     half = head_dim // 2
@@ -80,7 +71,9 @@ class HybridEngine(LlamaCppEngine):
         config = self._hf.config
         self._n_layers = int(config.num_hidden_layers)
         self._kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-        self._head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        self._head_dim = int(
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
         self._order: np.ndarray | None = None  # per-head column order llama.cpp uses
         self._layout: dict[str, Any] = {}
         self.hybrid_prefill = False
@@ -141,8 +134,14 @@ class HybridEngine(LlamaCppEngine):
                 "(are they the same weights?)"
             )
         self._order = None if label == "halves" else _halves_to_pairs(self._head_dim)
-        self._layout = {"n_stream": state.n_stream, "v_trans": state.v_trans, "k_type": state.k_type,
-                        "v_type": state.v_type, "rotary": label, "probe_error": errors[label]}
+        self._layout = {
+            "n_stream": state.n_stream,
+            "v_trans": state.v_trans,
+            "k_type": state.k_type,
+            "v_type": state.v_type,
+            "rotary": label,
+            "probe_error": errors[label],
+        }
         log.info("hybrid prefill on (rotary layout %s, probe difference %.2f%%)", label, 100 * errors[label])
 
     # -- the hybrid prefill --------------------------------------------------------
@@ -200,7 +199,9 @@ class HybridEngine(LlamaCppEngine):
             for layer, (k, v) in enumerate(zip(past.keys, past.values)):
                 cache.update(self._tensor(k, inverse, dtype), self._tensor(v, None, dtype), layer)
         with torch.inference_mode():
-            out = self._hf(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self._hf(
+                input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
         layers = out.past_key_values.layers
         logits = out.logits[0, -1].float().numpy()
         return [layer.keys for layer in layers], [layer.values for layer in layers], logits

@@ -103,9 +103,9 @@ def choose_engine(
 
 def hybrid_fits(ref: str | Path, prefill_model: str | Path | None = None) -> bool:
     """Whether the hybrid engine is the fastest here: bf16 matrix units and HF weights at hand."""
-    from chatforge.engines.hybrid import bf16_matmul_cpu
+    from chatforge.models import device
 
-    return bf16_matmul_cpu() and (prefill_model is not None or str(ref) == "default")
+    return device.cpu_has_bf16() and (prefill_model is not None or str(ref) == "default")
 
 
 def prefill_weights(ref: str | Path, prefill_model: str | Path | None) -> Path:

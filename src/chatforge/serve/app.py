@@ -120,7 +120,9 @@ def create_app(
             return cmp.chat_response(outcomes, model_id)
         items = await cmp.peeked(runner, job)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        stream = cmp.stream_chat(runner, job, _counted(items, metrics), model_id, include_usage, plan.buffered)
+        stream = cmp.stream_chat(
+            runner, job, _counted(items, metrics), model_id, include_usage, plan.buffered
+        )
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.post("/v1/completions")
@@ -139,8 +141,13 @@ def create_app(
         now = int(time.time())
 
         def body(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
-            out: dict[str, Any] = {"id": cid, "object": "text_completion", "created": now, "model": model_id,
-                                   "choices": choices}
+            out: dict[str, Any] = {
+                "id": cid,
+                "object": "text_completion",
+                "created": now,
+                "model": model_id,
+                "choices": choices,
+            }
             if usage is not None:
                 out["usage"] = usage
             return out
@@ -187,8 +194,9 @@ def create_app(
                         usage.prompt_tokens += chunk.stats.prompt_tokens if index % req.n == 0 else 0
                         usage.completion_tokens += chunk.stats.completion_tokens
                     if text or reason:
-                        yield cmp.sse(body([{"index": index, "text": text, "logprobs": None,
-                                             "finish_reason": reason}]))
+                        yield cmp.sse(
+                            body([{"index": index, "text": text, "logprobs": None, "finish_reason": reason}])
+                        )
             except APIError as err:
                 yield cmp.sse(err.body())
             finally:
@@ -261,9 +269,10 @@ async def _counted(items: Any, metrics: Metrics) -> Any:
         async for index, item in items:
             if isinstance(item, cmp.Outcome):
                 metrics.record_usage(
-                    item.stats.prompt_tokens if index == 0 else 0, item.completion_tokens, item.stats.finish_reason
+                    item.stats.prompt_tokens if index == 0 else 0,
+                    item.completion_tokens,
+                    item.stats.finish_reason,
                 )
             yield index, item
     finally:
         await items.aclose()
-

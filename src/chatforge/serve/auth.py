@@ -22,7 +22,9 @@ def check_api_key(request: Request, expected: str | None) -> None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise APIError(401, "incorrect API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401, "incorrect API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 class APIKeyMiddleware:

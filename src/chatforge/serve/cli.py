@@ -24,29 +24,47 @@ def add_serve_command(sub: Any) -> None:
     )
     add_model_arguments(p)
     g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    g.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
     g.add_argument("--port", type=int, default=8000)
     g.add_argument(
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})"
     )
     g.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
     g.add_argument(
-        "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls (repeatable, * for any)"
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser calls (repeatable, * for any)",
     )
-    g.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond this get 503 (default: 16)")
-    g.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
-    g.add_argument("--max-tokens", type=int, default=None, help="default max_tokens when a request gives none")
     g.add_argument(
-        "--max-body-mb", type=float, default=8.0, help="request bodies over this many MiB get 413 (default: 8)"
+        "--max-queue", type=int, default=16, help="requests waiting beyond this get 503 (default: 16)"
+    )
+    g.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    g.add_argument(
+        "--max-tokens", type=int, default=None, help="default max_tokens when a request gives none"
+    )
+    g.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=8.0,
+        help="request bodies over this many MiB get 413 (default: 8)",
     )
     g.add_argument("--no-ui", action="store_true", help="do not serve the web UI at /")
     a = p.add_argument_group("web UI agent (Tool and Code Interpreter modes)")
     a.add_argument(
-        "--tools", action="append", default=[], metavar="MODULE:ATTR",
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
         help="tools for Tool mode besides the built-in ones (repeatable)",
     )
     a.add_argument(
-        "--workdir", default=None, metavar="DIR",
+        "--workdir",
+        default=None,
+        metavar="DIR",
         help="keep code sessions' files under DIR (default: a temporary directory removed on exit)",
     )
     p.set_defaults(handler=run_serve)

@@ -77,8 +77,12 @@ def chat_job(model: ChatModel, plan: ChatPlan) -> Any:
                     assert event.stats is not None
                     _trim_calls(plan, event.message)
                     yield index, event
-                    yield index, Outcome(index, event.message, event.stats,
-                                         completion_tokens=event.stats.completion_tokens)
+                    yield (
+                        index,
+                        Outcome(
+                            index, event.message, event.stats, completion_tokens=event.stats.completion_tokens
+                        ),
+                    )
                 else:
                     yield index, event
             if cancel.is_set():
@@ -159,7 +163,8 @@ class Runner:
                 except TimeoutError:
                     job.cancel.set()
                     raise APIError(
-                        504, f"the request took longer than {self.timeout:g} s and was cancelled",
+                        504,
+                        f"the request took longer than {self.timeout:g} s and was cancelled",
                         code="timeout",
                     ) from None
                 yield item
@@ -199,7 +204,9 @@ def chat_response(outcomes: list[Outcome], model_id: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": wire.get("content"), "refusal": None}
         if o.message.tool_calls:
             message["tool_calls"] = wire["tool_calls"]
-        choices.append({"index": o.index, "message": message, "logprobs": None, "finish_reason": finish_reason(o)})
+        choices.append(
+            {"index": o.index, "message": message, "logprobs": None, "finish_reason": finish_reason(o)}
+        )
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -260,10 +267,19 @@ async def stream_chat(
                 yield chunk(index, {"content": item.message.content})
             for n, call in enumerate(item.message.tool_calls):
                 args = call.arguments_json()
-                yield chunk(index, {"tool_calls": [{
-                    "index": n, "id": call.id, "type": "function",
-                    "function": {"name": call.name, "arguments": ""},
-                }]})
+                yield chunk(
+                    index,
+                    {
+                        "tool_calls": [
+                            {
+                                "index": n,
+                                "id": call.id,
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": ""},
+                            }
+                        ]
+                    },
+                )
                 for at in range(0, len(args), ARGUMENT_PIECE):
                     piece = args[at : at + ARGUMENT_PIECE]
                     yield chunk(index, {"tool_calls": [{"index": n, "function": {"arguments": piece}}]})
@@ -275,10 +291,17 @@ async def stream_chat(
     finally:
         job.cancel.set()  # no-op when finished; stops the generation when the client left
     if include_usage:
-        yield sse({
-            "id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-            "system_fingerprint": None, "choices": [], "usage": usage_of(outcomes).to_dict(),
-        })
+        yield sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_id,
+                "system_fingerprint": None,
+                "choices": [],
+                "usage": usage_of(outcomes).to_dict(),
+            }
+        )
     yield "data: [DONE]\n\n"
 
 
@@ -329,4 +352,3 @@ def text_job(model: ChatModel, prompts: list[str], params: dict[str, Any], n: in
                 index += 1
 
     return run
-

@@ -74,7 +74,9 @@ def from_exception(err: BaseException) -> APIError:
         # Sampling parameters and templates raise ValueError naming the field.
         return APIError(400, str(err), code="invalid_value")
     log.error("unexpected error while handling a request", exc_info=err)
-    return APIError(500, f"internal server error ({type(err).__name__}); see the server log", type="server_error")
+    return APIError(
+        500, f"internal server error ({type(err).__name__}); see the server log", type="server_error"
+    )
 
 
 def _param_of(message: str) -> str | None:
@@ -147,7 +149,8 @@ class BodyLimitMiddleware:
 
     def _too_large(self) -> APIError:
         return APIError(
-            413, f"the request body is larger than the server's limit of {self.max_bytes} bytes",
+            413,
+            f"the request body is larger than the server's limit of {self.max_bytes} bytes",
             code="request_too_large",
         )
 

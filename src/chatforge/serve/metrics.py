@@ -32,7 +32,9 @@ class Metrics:
         self.prompt_tokens = Counter("chatforge_prompt_tokens", "Prompt tokens processed", registry=r)
         self.completion_tokens = Counter("chatforge_completion_tokens", "Tokens generated", registry=r)
         self.cancelled = Counter(
-            "chatforge_generations_cancelled", "Generations stopped early (client gone or timeout)", registry=r
+            "chatforge_generations_cancelled",
+            "Generations stopped early (client gone or timeout)",
+            registry=r,
         )
         self.generations = Counter(
             "chatforge_generations", "Generations run, by finish reason", ["finish_reason"], registry=r

@@ -52,8 +52,11 @@ def sampling_kwargs(req: _Sampling, max_tokens: int | None, context_length: int)
         # (a prompt plus max_tokens beyond the window is still cut at the window's end).
         name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
         raise APIError(
-            400, f"{name}: {requested} is too large; this model supports at most {context_length} tokens "
-            "(its context window)", param=name, code="invalid_value",
+            400,
+            f"{name}: {requested} is too large; this model supports at most {context_length} tokens "
+            "(its context window)",
+            param=name,
+            code="invalid_value",
         )
     if req.temperature is not None:
         params["temperature"] = req.temperature
@@ -142,8 +145,10 @@ def check_parameters_schema(schema: dict[str, Any], param: str) -> None:
     except jsonschema.SchemaError as err:
         where = "/".join(str(p) for p in err.absolute_path)
         raise APIError(
-            400, f"{param}: not a valid JSON Schema ({err.message}{f' at {where}' if where else ''})",
-            param=param, code="invalid_value",
+            400,
+            f"{param}: not a valid JSON Schema ({err.message}{f' at {where}' if where else ''})",
+            param=param,
+            code="invalid_value",
         ) from None
 
 
@@ -208,5 +213,8 @@ def _not_bare(text: str) -> bool:
 def correction(plan: ChatPlan, reply: Message, reason: str) -> list[Message]:
     """The conversation asking once more after a reply that did not comply."""
     ask = f"{reason} {' '.join(plan.extra_instructions)}"
-    return [*plan.messages, Message(Role.ASSISTANT, reply.content, tool_calls=list(reply.tool_calls)),
-            Message(Role.USER, ask)]
+    return [
+        *plan.messages,
+        Message(Role.ASSISTANT, reply.content, tool_calls=list(reply.tool_calls)),
+        Message(Role.USER, ask),
+    ]

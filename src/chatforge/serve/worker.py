@@ -67,7 +67,8 @@ class GenerationWorker:
         self._busy = 0
         self._lock = threading.Lock()
         self._threads = [
-            threading.Thread(target=self._serve, name=f"chatforge-gen-{i}", daemon=True) for i in range(threads)
+            threading.Thread(target=self._serve, name=f"chatforge-gen-{i}", daemon=True)
+            for i in range(threads)
         ]
         for t in self._threads:
             t.start()
@@ -86,7 +87,9 @@ class GenerationWorker:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise QueueFullError(f"the server is busy: {self.max_queue} requests are already waiting") from None
+            raise QueueFullError(
+                f"the server is busy: {self.max_queue} requests are already waiting"
+            ) from None
         return job
 
     def close(self) -> None:
