@@ -82,3 +82,35 @@ def test_default_engine_prefills_long_prompts_in_bf16_and_agrees_with_llama_cpp(
     text = default_model.tokenizer.decode(hybrid)
     assert "21" in text, text
     assert hybrid[:4] == own[:4], (text, default_model.tokenizer.decode(own))
+
+
+def test_default_model_exports_to_gguf_that_llama_cpp_answers_with(default_model, tmp_path):
+    """The Qwen2 layout (rotate-half Q/K rows): its bf16 weights written back as GGUF Q8_0 with
+    the embedded GGUF as template; llama.cpp's greedy answer starts as transformers' does."""
+    import llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from chatforge.models.embedded import DEFAULT, assemble_gguf, ensure_hf_dir
+    from chatforge.models.gguf_export import write_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_hf_dir(DEFAULT), dtype=torch.bfloat16)
+    out = write_gguf(model, assemble_gguf(DEFAULT), tmp_path / "default-q8_0.gguf", "q8_0", progress=False)
+    ids = default_model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)[0, len(ids) :].tolist()
+    llm = llama_cpp.Llama(str(out), n_ctx=512, verbose=False)
+    got = []
+    for token in llm.generate(ids, temp=0.0, top_k=1):
+        got.append(token)
+        if len(got) == 4:
+            break
+    llm.close()
+    assert "Paris" in default_model.tokenizer.decode(got)
+    n = min(3, len(expected))  # generate stops at the end-of-turn token
+    assert got[:n] == expected[:n]

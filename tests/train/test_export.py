@@ -79,9 +79,13 @@ def test_train_export_load_and_chat(base_dir, tmp_path, capsys):
         torch.testing.assert_close(plain(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_export_refuses_existing_output_and_gguf(base_dir, tmp_path):
-    with pytest.raises(ExportError, match="convert_hf_to_gguf"):
-        export(tmp_path, tmp_path / "x", gguf=True)
+def test_export_refuses_existing_output_and_gguf_without_a_template(base_dir, tmp_path):
+    # A Hugging Face base has no GGUF to take the tokenizer and metadata from.
+    with pytest.raises(ExportError, match="--gguf-template"):
+        export(base_dir, tmp_path / "x", base_model=str(base_dir), gguf=True)
+    with pytest.raises(ExportError, match="--gguf-type"):
+        export(base_dir, tmp_path / "x", gguf=True, gguf_type="q2")
+    assert not (tmp_path / "x").exists()
     (tmp_path / "taken").mkdir()
     with pytest.raises(ExportError, match="already exists"):
         export(base_dir, tmp_path / "taken")

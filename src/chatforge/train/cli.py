@@ -108,7 +108,11 @@ def add_export_command(sub: Any) -> None:
     p.add_argument("--output", required=True, help="new directory for the merged model")
     p.add_argument("--base-model", default=None, help="base model (default: the one recorded at training)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument("--gguf", action="store_true", help="also write GGUF (needs llama.cpp's converter)")
+    p.add_argument("--gguf", action="store_true", help="also write model-<type>.gguf for the llama.cpp engine")
+    p.add_argument("--gguf-type", default="q4_k_m", help="f16, bf16, q8_0 or q4_k_m (default)")
+    p.add_argument(
+        "--gguf-template", default=None, help="the base model's GGUF (default: the base itself when it is one)"
+    )
     p.set_defaults(handler=run_export)
 
 
@@ -118,8 +122,19 @@ def run_export(args: argparse.Namespace) -> int:
     result = Path(args.result)
     if (result / "final").is_dir():
         result = result / "final"
-    out = export(result, args.output, base_model=args.base_model, dtype=args.dtype, gguf=args.gguf)
+    out = export(
+        result,
+        args.output,
+        base_model=args.base_model,
+        dtype=args.dtype,
+        gguf=args.gguf,
+        gguf_type=args.gguf_type,
+        gguf_template=args.gguf_template,
+    )
     print(f"merged model written to {out}; try: chatforge chat --model {out}")
+    if args.gguf:
+        gguf = out / f"model-{args.gguf_type}.gguf"
+        print(f"GGUF for llama.cpp: chatforge chat --model {gguf} --engine hybrid --prefill-model {out}")
     return 0
 
 

