@@ -28,6 +28,17 @@ def test_yaml_and_overrides(tmp_path):
     ]
 
 
+def test_integer_lists_from_yaml_and_command_line(tmp_path):
+    path = write(tmp_path, "data:\n  train_file: t.jsonl\nlora:\n  layers: [12, 13]\n")
+    assert load_config(path).lora.layers == [12, 13]
+    assert load_config(path, {"lora.layers": "20, 21,22"}).lora.layers == [20, 21, 22]
+    assert load_config(path, {"lora.layers": ""}).lora.layers == []
+    with pytest.raises(ConfigError, match="lora.layers must be a int, got 'x'"):
+        load_config(path, {"lora.layers": "1,x"})
+    with pytest.raises(ConfigError, match="lora.layers must be layer indices >= 0"):
+        load_config(path, {"lora.layers": "-1"})
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "overrides", "message"),
     [

@@ -13,7 +13,13 @@ from tiny import make_model  # noqa: E402
 
 from chatforge.train.config import LoraConfig, PTuningConfig
 from chatforge.train.export import ExportError, merge_adapter
-from chatforge.train.methods import MethodError, apply_method, check_qlora, target_modules
+from chatforge.train.methods import (
+    MethodError,
+    apply_method,
+    check_qlora,
+    indistinct_output_rows,
+    target_modules,
+)
 
 
 def batch(tokenizer):
@@ -93,3 +99,83 @@ def test_unknown_architecture_needs_target_modules(tiny_tokenizer):
     model.config.model_type = "mystery"
     with pytest.raises(MethodError, match="set lora.target_modules .*q_proj"):
         target_modules(model, [])
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_layers_restrict_the_adapted_layers(tiny_tokenizer, method):
+    config = LoraConfig(r=2, init_r=4, layers=[1])
+    model = apply_method(make_model(tiny_tokenizer), method, config, PTuningConfig(), 10)
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert adapted == {"1"}
+    with pytest.raises(MethodError, match=r"lora.layers \[2\]: this model has layers 0-1"):
+        apply_method(make_model(tiny_tokenizer), method, LoraConfig(layers=[2]), PTuningConfig(), 10)
+
+
+def test_indistinct_output_rows_finds_rows_that_point_the_same_way(tiny_tokenizer):
+    model = make_model(tiny_tokenizer)
+    with torch.no_grad():
+        row = model.lm_head.weight[5].clone()
+        model.lm_head.weight[6] = 2 * row  # same direction, other norm
+        model.lm_head.weight[7] = row
+    assert indistinct_output_rows(model, {5, 6, 7, 8}) == {5: 2, 6: 2, 7: 2}
+    assert indistinct_output_rows(model, {8, 9}) == {}
+
+
+def test_trainable_tokens_train_their_embedding_and_output_rows_only(tiny_tokenizer):
+    im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    base = make_model(tiny_tokenizer)
+    before_out = base.lm_head.weight.detach().clone()
+    before_in = base.get_input_embeddings().weight.detach().clone()
+    model = apply_method(
+        base.train(),
+        "lora",
+        LoraConfig(r=2, trainable_tokens=["<|im_end|>"]),
+        PTuningConfig(),
+        10,
+        tiny_tokenizer,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    inputs = batch(tiny_tokenizer)
+    inputs["labels"][:, -1] = im_end
+    for _ in range(3):
+        model(**inputs).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    merged = model.merge_and_unload()
+    changed_out = (merged.lm_head.weight != before_out).any(dim=1).nonzero().flatten().tolist()
+    changed_in = (merged.get_input_embeddings().weight != before_in).any(dim=1).nonzero().flatten().tolist()
+    assert changed_out == [im_end] and changed_in == [im_end]
+
+
+def test_trainable_tokens_are_saved_with_the_adapter(tiny_tokenizer, tmp_path):
+    from peft import PeftModel
+
+    model = apply_method(
+        make_model(tiny_tokenizer), "lora", LoraConfig(r=2, trainable_tokens=["<|im_end|>"]), PTuningConfig(),
+        10, tiny_tokenizer,
+    )  # fmt: skip
+    im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                p.add_(0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    inputs = batch(tiny_tokenizer)
+    inputs.pop("labels")
+    expected = model(**inputs).logits
+    reloaded = PeftModel.from_pretrained(make_model(tiny_tokenizer), tmp_path / "adapter")
+    assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-5)
+    assert not torch.allclose(make_model(tiny_tokenizer)(**inputs).logits[..., im_end], expected[..., im_end])
+
+
+def test_trainable_tokens_must_be_single_tokens(tiny_tokenizer):
+    with pytest.raises(MethodError, match="'<tool_call>' is not a single token of this tokenizer"):
+        apply_method(
+            make_model(tiny_tokenizer), "lora", LoraConfig(trainable_tokens=["<tool_call>"]), PTuningConfig(),
+            10, tiny_tokenizer,
+        )  # fmt: skip
+    with pytest.raises(MethodError, match="needs the tokenizer"):
+        apply_method(
+            make_model(tiny_tokenizer), "lora", LoraConfig(trainable_tokens=["<|im_end|>"]), PTuningConfig()
+        )

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tiny import make_model  # noqa: E402
 
+from chatforge.templates import IGNORE_INDEX
 from chatforge.train.config import build_config
-from chatforge.train.trainer import TRAIN_INFO, train
+from chatforge.train.dataset import Example, TrainDataset
+from chatforge.train.trainer import TRAIN_INFO, train, warn_indistinct_tokens
 
 QA = [
     ("What is the weather like in Paris today?", "It is sunny and warm."),
@@ -131,3 +135,43 @@ def test_bad_resume_path_is_explained(tiny_tokenizer, tmp_path):
             make_model(tiny_tokenizer).train(),
             tiny_tokenizer,
         )
+
+
+def test_adalora_prunes_ranks_to_its_budget(tiny_tokenizer, tmp_path):
+    # peft's AdaLoRA needs update_and_allocate after every optimiser step; train() calls it,
+    # so by the end the rank pattern keeps lora.r ranks per adapted matrix on average.
+    cfg = config(
+        tmp_path,
+        "adalora",
+        **{
+            "method.name": "adalora",
+            "lora.r": 2,
+            "lora.init_r": 4,
+            "lora.tinit": 1,
+            "lora.tfinal": 2,
+            "training.max_steps": 6,
+        },
+    )
+    result = train(cfg, make_model(tiny_tokenizer).train(), tiny_tokenizer)
+    adapter = json.loads((result.final_dir / "adapter_config.json").read_text())
+    pattern = adapter["rank_pattern"]
+    assert pattern, "no rank was ever allocated"
+    kept = [sum(mask) for mask in pattern.values()]
+    assert all(len(mask) == 4 for mask in pattern.values())
+    assert sum(kept) == 2 * len(pattern)  # the budget: an average of lora.r ranks
+    assert min(kept) < max(kept) or min(kept) < 4  # ranks were pruned, not all kept
+
+
+def test_special_tokens_with_untrained_output_rows_are_reported(tiny_tokenizer, caplog):
+    model = make_model(tiny_tokenizer)
+    im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():  # as in a checkpoint that never trained it: the row of some other tokens
+        model.lm_head.weight[im_end] = model.lm_head.weight[100]
+        model.lm_head.weight[101] = model.lm_head.weight[100]
+    data = TrainDataset([Example([1, 2, im_end], [IGNORE_INDEX, 2, im_end])])
+    with caplog.at_level(logging.WARNING, logger="chatforge.train.trainer"):
+        assert warn_indistinct_tokens(model, tiny_tokenizer, data, []) == ["<|im_end|>"]
+    assert "points the same way as 2 other tokens' rows" in caplog.text
+    assert "add it to lora.trainable_tokens" in caplog.text
+    assert warn_indistinct_tokens(model, tiny_tokenizer, data, ["<|im_end|>"]) == []
+    assert warn_indistinct_tokens(make_model(tiny_tokenizer), tiny_tokenizer, data, []) == []

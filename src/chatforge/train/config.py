@@ -49,6 +49,11 @@ class DataConfig:
 
     train_file: str = _f("", "training data: .json, .jsonl or .csv")
     eval_file: str = _f("", "evaluation data (same formats); empty: none")
+    replay_file: str = _f(
+        "",
+        "replayed samples mixed into the training data, e.g. the base model's own answers to "
+        "unrelated prompts (same formats); training.kl_to_base regularises on them; empty: none",
+    )
     format: str = _f("auto", f"record format: {', '.join(FORMATS)}")
     prompt_column: str = _f("prompt", "prompt/response format: the prompt column")
     response_column: str = _f("response", "prompt/response format: the response column")
@@ -77,6 +82,12 @@ class LoraConfig:
     alpha: int = _f(16, "scaling numerator: the update is scaled by alpha / r")
     dropout: float = _f(0.05, "dropout on the adapter input")
     target_modules: list[str] = _f([], "module names to adapt; empty: the architecture's default")
+    layers: list[int] = _f([], "indices of the transformer layers to adapt (e.g. 12,13,14); empty: all")
+    trainable_tokens: list[str] = _f(
+        [],
+        "tokens whose input-embedding and output rows train too (LoRA/AdaLoRA), e.g. <tool_call>,</tool_call> "
+        "when the base model never learned them; empty: none",
+    )
     init_r: int = _f(12, "AdaLoRA: initial rank before pruning")
     tinit: int = _f(0, "AdaLoRA: warm-up steps before rank pruning")
     tfinal: int = _f(0, "AdaLoRA: final steps with fixed ranks")
@@ -106,6 +117,16 @@ class TrainingConfig:
     warmup_ratio: float = _f(0.0, "fraction of steps for linear warm-up")
     lr_scheduler: str = _f("linear", "HF scheduler name: linear, cosine, constant, ...")
     max_grad_norm: float = _f(1.0, "gradient clipping")
+    kl_to_base: float = _f(
+        0.0,
+        "weight of a KL(base || tuned) term on the response tokens of data.replay_file samples; "
+        "the base is the same model with its adapter disabled (PEFT methods only); 0: off",
+    )
+    replay_cross_entropy: bool = _f(
+        True,
+        "with kl_to_base: also train data.replay_file samples with cross-entropy on their "
+        "tokens (false: the KL term alone, so a truncated replayed answer does not teach its early end)",
+    )
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory (slower)")
     bf16: str = _f("auto", "bf16 autocast: auto (where supported), true, false")
     logging_steps: int = _f(1, "log the loss every N steps")
@@ -179,11 +200,14 @@ class TrainConfig:
             "lora.tinit": lo.tinit,
             "lora.tfinal": lo.tfinal,
             "training.max_grad_norm": t.max_grad_norm,
+            "training.kl_to_base": t.kl_to_base,
             "training.min_free_gb": t.min_free_gb,
         }
         for name, value in non_negative.items():
             if value < 0:
                 fail(name, "must be >= 0", value)
+        if any(i < 0 for i in lo.layers):
+            fail("lora.layers", "must be layer indices >= 0", lo.layers)
         if not 0 <= lo.dropout < 1:
             fail("lora.dropout", "must be in [0, 1)", lo.dropout)
         if not 0 <= t.warmup_ratio < 1:
@@ -205,6 +229,15 @@ class TrainConfig:
                 "training.save_steps",
                 f"must be a multiple of training.eval_steps ({t.eval_steps}) to keep the best checkpoint",
                 t.save_steps,
+            )
+        if t.kl_to_base and not d.replay_file:
+            fail("training.kl_to_base", "needs data.replay_file (the samples it applies to)", t.kl_to_base)
+        if t.kl_to_base and self.method.name == "full":
+            fail(
+                "training.kl_to_base",
+                "needs an adapter method (lora, adalora, qlora, ptuning_v2): full fine-tuning "
+                "keeps no base model to compare with",
+                t.kl_to_base,
             )
         if t.early_stopping_patience and not d.eval_file:
             fail("training.early_stopping_patience", "needs data.eval_file", t.early_stopping_patience)
@@ -255,13 +288,16 @@ def coerce(value: Any, kind: Any, name: str, source: str) -> Any:
                 raise ValueError
             return "" if value is None else str(value)
         if origin is list:
+            (item,) = typing.get_args(kind) or (str,)
             if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
+                return [coerce(v.strip(), item, name, source) for v in value.split(",") if v.strip()]
             if isinstance(value, list):
-                return [str(v) for v in value]
+                return [coerce(v, item, name, source) for v in value]
             raise ValueError
         if origin in (types.UnionType, typing.Union):
             return value
+    except ConfigError:
+        raise  # a list item's own error names the item
     except (TypeError, ValueError):
         pass
     else:

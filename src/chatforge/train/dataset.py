@@ -77,10 +77,18 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     where: str = ""
+    kl_mask: list[int] = field(default_factory=list)  # 1 where the KL-to-base term applies; empty: nowhere
 
     @property
     def trained(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+    def as_replay(self, cross_entropy: bool = True) -> Example:
+        """This sample's response tokens under the KL-to-base term; without ``cross_entropy``
+        they are trained by that term alone (labels masked)."""
+        mask = [int(x != IGNORE_INDEX) for x in self.labels]
+        labels = self.labels if cross_entropy else [IGNORE_INDEX] * len(self.labels)
+        return Example(self.input_ids, labels, self.where, mask)
 
 
 @dataclass
@@ -198,6 +206,7 @@ class PackedRow:
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int]
+    kl_mask: list[int] = field(default_factory=list)
 
 
 def pack(examples: Sequence[Example], max_length: int) -> list[PackedRow]:
@@ -215,13 +224,15 @@ def pack(examples: Sequence[Example], max_length: int) -> list[PackedRow]:
         cur.input_ids += ex.input_ids
         cur.labels += [IGNORE_INDEX, *ex.labels[1:]]
         cur.position_ids += list(range(len(ex.input_ids)))
+        cur.kl_mask += [0, *ex.kl_mask[1:]] if ex.kl_mask else [0] * len(ex.input_ids)
     if cur.input_ids:
         rows.append(cur)
     return rows
 
 
 class TrainDataset(torch.utils.data.Dataset):
-    """Examples or packed rows as dicts the collator understands."""
+    """Examples or packed rows as dicts the collator understands; rows holding replay
+    tokens also carry their ``kl_mask``."""
 
     def __init__(self, items: Sequence[Example | PackedRow]) -> None:
         self.items = list(items)
@@ -234,6 +245,8 @@ class TrainDataset(torch.utils.data.Dataset):
         out = {"input_ids": item.input_ids, "labels": item.labels}
         if isinstance(item, PackedRow):
             out["position_ids"] = item.position_ids
+        if any(item.kl_mask):
+            out["kl_mask"] = item.kl_mask
         return out
 
 
@@ -243,7 +256,8 @@ class Collator:
 
     Unpacked batches get a 2D attention mask. Packed rows get restarting
     ``position_ids`` instead (padding forms its own segment) and no attention mask,
-    so transformers builds the block-diagonal causal mask.
+    so transformers builds the block-diagonal causal mask. When any row has a
+    ``kl_mask`` (replay tokens), the batch gets one for every row, zero elsewhere.
     """
 
     pad_id: int
@@ -251,17 +265,23 @@ class Collator:
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
         packed = "position_ids" in features[0]
-        ids, labels, extra = [], [], []
+        with_kl = any("kl_mask" in f for f in features)
+        ids, labels, extra, kl = [], [], [], []
         for f in features:
-            pad = width - len(f["input_ids"])
+            n = len(f["input_ids"])
+            pad = width - n
             ids.append(f["input_ids"] + [self.pad_id] * pad)
             labels.append(f["labels"] + [IGNORE_INDEX] * pad)
             if packed:
                 extra.append(f["position_ids"] + list(range(pad)))
             else:
-                extra.append([1] * len(f["input_ids"]) + [0] * pad)
+                extra.append([1] * n + [0] * pad)
+            if with_kl:
+                kl.append(f.get("kl_mask", [0] * n) + [0] * pad)
         batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         batch["position_ids" if packed else "attention_mask"] = torch.tensor(extra)
+        if with_kl:
+            batch["kl_mask"] = torch.tensor(kl, dtype=torch.bool)
         return batch
 
 

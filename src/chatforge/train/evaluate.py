@@ -3,6 +3,12 @@ so prompts are rendered exactly as when serving) and score it against the refere
 
 The reference is the last assistant turn of each sample; everything before it is the
 prompt. Predictions and per-sample scores go to a JSONL file; the means are returned.
+
+When the reference is a tool call, the reply is also checked as a tool call:
+``tool_call_parsed`` (the template parsed at least one call out of the reply),
+``tool_call_valid`` (every parsed call names an offered tool and its arguments validate
+against that tool's JSON Schema) and ``tool_name_match`` (the same tool names as the
+reference). Like every score they are percentages, averaged over the samples they apply to.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatforge.messages import Role
+from chatforge.messages import Message, MessageError, Role, normalize_tool_schema
 from chatforge.train.data import FormatOptions, Sample, load_samples
 from chatforge.train.metrics import Scores
 
@@ -38,6 +44,39 @@ def split_reference(sample: Sample) -> tuple[list[Any], str]:
     return sample.messages[:last], text
 
 
+def tool_call_checks(
+    message: Message, tools: list[dict[str, Any]] | None, reference: Message
+) -> dict[str, float]:
+    """Parse/validate scores (0 or 100) of ``message``'s tool calls against the offered ``tools``."""
+    import jsonschema
+
+    schemas = {}
+    for tool in tools or []:
+        try:
+            fn = normalize_tool_schema(tool)["function"]
+        except MessageError:
+            continue
+        schemas[fn["name"]] = fn["parameters"]
+    calls = message.tool_calls or []
+
+    def valid(name: str, arguments: dict[str, Any]) -> bool:
+        if name not in schemas:
+            return False
+        try:
+            validator = jsonschema.validators.validator_for(schemas[name])(schemas[name])
+            return validator.is_valid(arguments)
+        except jsonschema.SchemaError:
+            return False
+
+    return {
+        "tool_call_parsed": 100.0 if calls else 0.0,
+        "tool_call_valid": 100.0 if calls and all(valid(c.name, c.arguments) for c in calls) else 0.0,
+        "tool_name_match": 100.0
+        if [c.name for c in calls] == [c.name for c in reference.tool_calls or []]
+        else 0.0,
+    }
+
+
 def evaluate(
     chat_model: Any,
     samples: list[Sample],
@@ -57,6 +96,9 @@ def evaluate(
         if message.tool_calls:
             prediction = " ".join(f"{c.name}({c.arguments_json()})" for c in message.tool_calls)
         row = scores.add(prediction, reference, sample.keywords, tokenization)
+        reference_turn = sample.messages[len(prompt)]
+        if reference_turn.tool_calls:
+            row.update(tool_call_checks(message, sample.tools, reference_turn))  # Scores keeps this row
         rows.append(
             {
                 "where": sample.where,

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from chatforge.train.config import LoraConfig, PTuningConfig
 
@@ -47,6 +48,58 @@ def target_modules(model: Any, configured: list[str]) -> list[str]:
     )
 
 
+def _layers(model: Any, layers: list[int]) -> list[int] | None:
+    """``lora.layers`` for peft (None: every layer), checked against the model's depth."""
+    if not layers:
+        return None
+    depth = getattr(model.config, "num_hidden_layers", None)
+    if depth is not None and max(layers) >= depth:
+        raise MethodError(f"lora.layers {layers}: this model has layers 0-{depth - 1}")
+    return sorted(set(layers))
+
+
+def trainable_token_indices(model: Any, tokenizer: Any, tokens: list[str]) -> dict[str, list[int]] | None:
+    """peft's ``trainable_token_indices`` for ``tokens``: their rows of the input embedding and,
+    when it is a separate matrix, of the output layer."""
+    if not tokens:
+        return None
+    if tokenizer is None:
+        raise MethodError("lora.trainable_tokens needs the tokenizer to find the tokens' ids")
+    ids = []
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for token in tokens:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(tid, int) or tid == unk:
+            raise MethodError(f"lora.trainable_tokens: {token!r} is not a single token of this tokenizer")
+        ids.append(tid)
+    names = {id(m): n for n, m in model.named_modules()}
+    embed, output = model.get_input_embeddings(), model.get_output_embeddings()
+    layers = {names[id(embed)]: ids}
+    tied = output is None or output.weight is embed.weight
+    if not tied:
+        layers[names[id(output)]] = ids  # peft trains tied output rows through the embedding
+    return layers
+
+
+def indistinct_output_rows(model: Any, token_ids: set[int], min_cosine: float = 0.999) -> dict[int, int]:
+    """Tokens among ``token_ids`` whose output-layer row points the same way (cosine
+    ≥ ``min_cosine``) as other tokens' rows, with how many: rows a checkpoint never
+    trained, often special tokens such as ``<tool_call>``. LoRA cannot make the model
+    prefer such a token over its look-alikes; ``lora.trainable_tokens`` can."""
+    output = model.get_output_embeddings()
+    wanted = sorted(i for i in token_ids if output is not None and 0 <= i < output.weight.shape[0])
+    if not wanted:
+        return {}
+    with torch.no_grad():
+        weight = output.weight
+        targets = F.normalize(weight[wanted].float(), dim=-1)
+        counts = sum(
+            ((F.normalize(chunk.float(), dim=-1) @ targets.T) >= min_cosine).sum(dim=0)
+            for chunk in weight.split(16384)
+        )
+    return {tid: int(n) - 1 for tid, n in zip(wanted, counts, strict=True) if n > 1}
+
+
 def check_qlora() -> None:
     if not torch.cuda.is_available():
         raise MethodError("QLoRA needs a CUDA GPU (4-bit bitsandbytes kernels); use method lora on CPU")
@@ -57,9 +110,17 @@ def check_qlora() -> None:
 
 
 def apply_method(
-    model: Any, method: str, lora: LoraConfig, ptuning: PTuningConfig, total_steps: int | None = None
+    model: Any,
+    method: str,
+    lora: LoraConfig,
+    ptuning: PTuningConfig,
+    total_steps: int | None = None,
+    tokenizer: Any = None,
 ) -> Any:
-    """The model ready to train with ``method``; prints how many parameters train."""
+    """The model ready to train with ``method``; prints how many parameters train.
+
+    ``tokenizer`` resolves ``lora.trainable_tokens`` (needed only when that is set).
+    """
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -80,6 +141,8 @@ def apply_method(
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=target_modules(model, lora.target_modules),
+            layers_to_transform=_layers(model, lora.layers),
+            trainable_token_indices=trainable_token_indices(model, tokenizer, lora.trainable_tokens),
         )
     elif method == "adalora":
         if not total_steps:
@@ -100,8 +163,12 @@ def apply_method(
             deltaT=lora.delta_t,
             total_step=total_steps,
             target_modules=target_modules(model, lora.target_modules),
+            layers_to_transform=_layers(model, lora.layers),
+            trainable_token_indices=trainable_token_indices(model, tokenizer, lora.trainable_tokens),
         )
     elif method == "ptuning_v2":
+        if lora.trainable_tokens:
+            raise MethodError("lora.trainable_tokens needs method lora or adalora")
         cfg = PrefixTuningConfig(
             task_type=TaskType.CAUSAL_LM,
             num_virtual_tokens=ptuning.num_virtual_tokens,

@@ -7,6 +7,10 @@ scheduler, RNG states), ``metrics.jsonl`` (one JSON object per log/eval event),
 ``chatforge_train.json`` saying which base model and method made it. ``final/`` is
 written to a temporary directory and renamed, so it is either complete or absent.
 
+``data.replay_file`` samples join the training rows; with ``training.kl_to_base`` they
+also carry a KL term to the base model (:class:`~chatforge.train.kl.KLTrainer`). AdaLoRA's
+rank budget is updated after every optimiser step (:class:`AdaLoraBudget`).
+
 Faults: the Trainer writes ``checkpoint-N/`` in place, so a run killed mid-save leaves a
 partial directory. :class:`CheckpointMarker` writes ``CHECKPOINT_COMPLETE`` into a
 checkpoint once the Trainer has finished saving it (files fsynced first), and
@@ -30,11 +34,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from chatforge.templates import Template, get_template
+from chatforge.templates import IGNORE_INDEX, Template, get_template
 from chatforge.train.config import TrainConfig, save_config
 from chatforge.train.data import FormatOptions, load_samples
 from chatforge.train.dataset import (
     Collator,
+    Example,
     PlainTemplate,
     TokenStats,
     TrainDataset,
@@ -42,7 +47,7 @@ from chatforge.train.dataset import (
     pack,
     sanity_table,
 )
-from chatforge.train.methods import apply_method, is_peft
+from chatforge.train.methods import apply_method, indistinct_output_rows, is_peft
 from chatforge.train.plot import plot_loss
 
 log = logging.getLogger(__name__)
@@ -74,14 +79,33 @@ def format_options(config: TrainConfig) -> FormatOptions:
 
 
 def build_dataset(
-    config: TrainConfig, template: Template, file: str
+    config: TrainConfig, template: Template, file: str, replay_file: str = ""
 ) -> tuple[TrainDataset, TokenStats, dict[str, Any]]:
+    """The rows to train on: ``file``'s samples, then ``replay_file``'s (marked for the
+    KL-to-base term when ``training.kl_to_base`` is set), packed if asked."""
+    d = config.data
+    t = config.training
+    examples, stats, summary = _encode_file(config, template, file)
+    if replay_file:
+        replayed, _, summary["replay"] = _encode_file(config, template, replay_file)
+        if t.kl_to_base:
+            replayed = [ex.as_replay(cross_entropy=t.replay_cross_entropy) for ex in replayed]
+        examples += replayed
+    items: list[Any] = pack(examples, d.max_length) if d.packing else examples
+    summary["rows"] = len(items)
+    if summary["samples"] and examples:
+        log.info("\n%s", sanity_table(examples[0], template.tokenizer, limit=64))
+    return TrainDataset(items), stats, summary
+
+
+def _encode_file(
+    config: TrainConfig, template: Template, file: str
+) -> tuple[list[Example], TokenStats, dict[str, Any]]:
     d = config.data
     samples, report = load_samples(file, format_options(config), d.skip_invalid, d.max_errors)
     examples, stats = encode_samples(samples, template, d.max_length, d.loss_mode, d.truncation)
     if not examples:
         raise ValueError(f"{file}: no sample has trained tokens left (see the warnings above)")
-    items: list[Any] = pack(examples, d.max_length) if d.packing else examples
     summary = {
         "file": str(file),
         "records": report.records,
@@ -89,11 +113,8 @@ def build_dataset(
         "invalid_reasons": dict(report.reasons()),
         "formats": dict(report.formats),
         **stats.summary(),
-        "rows": len(items),
     }
-    if summary["samples"] and examples:
-        log.info("\n%s", sanity_table(examples[0], template.tokenizer, limit=64))
-    return TrainDataset(items), stats, summary
+    return examples, stats, summary
 
 
 def _bf16(config: TrainConfig, model: Any) -> bool:
@@ -130,6 +151,15 @@ class MetricsLog(TrainerCallback):
         row = {"step": state.global_step, "epoch": state.epoch, **logs}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class AdaLoraBudget(TrainerCallback):
+    """AdaLoRA's rank allocation. peft needs ``update_and_allocate`` after every optimiser
+    step, while the gradients are still there (they measure each rank's importance);
+    without it no rank is ever pruned and the budget schedule is ignored."""
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        model.base_model.update_and_allocate(state.global_step)
 
 
 class CheckpointMarker(TrainerCallback):
@@ -291,7 +321,7 @@ def train(
     template = get_template(config.model.template, tokenizer)
     save_config(config, out / "train_config.yaml")
 
-    train_ds, _, train_summary = build_dataset(config, template, d.train_file)
+    train_ds, _, train_summary = build_dataset(config, template, d.train_file, d.replay_file)
     eval_ds = None
     stats = {"train": train_summary}
     if d.eval_file:
@@ -303,7 +333,9 @@ def train(
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * world * t.gradient_accumulation_steps))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.num_epochs)
     model.config.use_cache = False  # training: no KV cache (also lets packed positions build the mask)
-    model = apply_method(model, config.method.name, config.lora, config.ptuning, total_steps)
+    if config.method.name in ("lora", "adalora", "qlora"):
+        warn_indistinct_tokens(model, tokenizer, train_ds, config.lora.trainable_tokens)
+    model = apply_method(model, config.method.name, config.lora, config.ptuning, total_steps, tokenizer)
 
     evaluating = eval_ds is not None
     eval_strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
@@ -346,7 +378,16 @@ def train(
     cbs = [MetricsLog(out / METRICS), CheckpointMarker(out), *(callbacks or [])]
     if evaluating and t.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = Trainer(
+    if config.method.name == "adalora":
+        cbs.append(AdaLoraBudget())
+    trainer_class: Any = Trainer
+    extra: dict[str, Any] = {}
+    if t.kl_to_base:
+        from chatforge.train.kl import KLTrainer
+
+        trainer_class, extra = KLTrainer, {"kl_weight": t.kl_to_base}
+    trainer = trainer_class(
+        **extra,
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -380,6 +421,31 @@ def train(
                 out / METRICS, out / "loss.png", title=f"{config.method.name} · {Path(d.train_file).name}"
             )
     return result
+
+
+def warn_indistinct_tokens(
+    model: Any, tokenizer: Any, dataset: TrainDataset, trainable: list[str]
+) -> list[str]:
+    """Warn about special tokens the data trains whose output rows the base model never
+    learned (they look like thousands of others): adapters cannot teach the model to emit
+    them unless ``lora.trainable_tokens`` trains those rows. Returns the tokens warned about."""
+    special = set(getattr(tokenizer, "added_tokens_decoder", {}) or {}) | set(tokenizer.all_special_ids)
+    trained = {t for item in dataset.items for t in item.labels if t != IGNORE_INDEX} & special
+    covered = {tokenizer.convert_tokens_to_ids(t) for t in trainable}
+    found = indistinct_output_rows(model, trained - covered)
+    names = []
+    for tid, n in found.items():
+        name = tokenizer.convert_ids_to_tokens(tid)
+        names.append(name)
+        log.warning(
+            "the data trains %s (id %d), but its output row points the same way as %d other tokens' rows "
+            "(the base model never learned to emit it): an adapter alone cannot make the model write it; "
+            "add it to lora.trainable_tokens",
+            name,
+            tid,
+            n,
+        )
+    return names
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -1,0 +1,124 @@
+"""KL-to-base regularisation: keep an adapter from changing what the base model says elsewhere.
+
+Replay samples (``data.replay_file``, typically the base model's own answers to unrelated
+prompts) carry a ``kl_mask`` over their response tokens. :class:`KLTrainer` adds
+``training.kl_to_base`` × KL(base ‖ tuned) over those tokens to the usual cross-entropy.
+With PEFT the base model is the model being trained with its adapter disabled, so no
+second copy is held in memory; it costs one extra forward pass (no gradient) of the rows
+that hold replay tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from chatforge.templates import IGNORE_INDEX
+
+
+def kl_divergence(logits: torch.Tensor, base_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """KL(softmax(base_logits) ‖ softmax(logits)) per position, in float32, averaged over
+    positions (``reduction="mean"``) or summed (``"sum"``).
+
+    Both are ``(positions, vocab)``; zero exactly when the two distributions agree.
+    """
+    if logits.shape != base_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and base logits {tuple(base_logits.shape)} differ")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0  # keeps the graph: a batch without replay tokens adds nothing
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    log_p = F.log_softmax(base_logits.float(), dim=-1)
+    total = F.kl_div(log_q, log_p, log_target=True, reduction="sum")
+    return total / logits.shape[0] if reduction == "mean" else total
+
+
+def masked_kl(
+    logits: torch.Tensor, base_logits: torch.Tensor, kl_mask: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """KL over the positions that predict the tokens ``kl_mask`` marks.
+
+    ``logits``/``base_logits`` are ``(batch, seq, vocab)``; ``kl_mask`` is ``(batch, seq)`` over
+    the *target* tokens, so position ``t`` of the logits is used when ``kl_mask[:, t + 1]`` is set
+    (the same shift as the causal-LM loss).
+    """
+    target = kl_mask[:, 1:].bool()
+    return kl_divergence(logits[:, :-1][target], base_logits[:, :-1][target], reduction)
+
+
+class KLTrainer(Trainer):
+    """A ``Trainer`` whose loss is cross-entropy + ``kl_weight`` × KL(base ‖ tuned) on replay tokens.
+
+    The model must be a PEFT model: ``disable_adapter()`` gives the base model's logits.
+    The mean KL since the last log is logged as ``kl_to_base``; ``loss`` includes it.
+    """
+
+    def __init__(self, *args: Any, kl_weight: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kl_weight = kl_weight
+        self._kl_values: list[float] = []
+        self._kl_tokens = 0
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        # The KL is a mean over the replay tokens of the whole accumulated batch, like the
+        # cross-entropy over its trained tokens; count them before the micro-batches run.
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._kl_tokens = sum(int(b["kl_mask"][:, 1:].sum()) for b in batch_samples if "kl_mask" in b)
+        return batch_samples, num_items
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        kl_mask = inputs.pop("kl_mask", None)
+        labels = inputs.get("labels")
+        if labels is not None and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+            # Only KL-trained replay rows: no cross-entropy (its mean over no tokens is NaN).
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = outputs.logits.sum() * 0.0
+        else:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        if kl_mask is not None and model.training and bool(kl_mask[:, 1:].any()):
+            tokens = int(kl_mask[:, 1:].sum())
+            kl_sum = self._kl(model, inputs, outputs.logits, kl_mask)
+            self._kl_values.append(float(kl_sum.detach()) / tokens)
+            # This micro-batch's share of the mean over the accumulated batch's replay tokens.
+            term = self.kl_weight * kl_sum / max(getattr(self, "_kl_tokens", 0), tokens)
+            if not self._loss_scaled_for_accumulation(num_items_in_batch):
+                term = term * self.current_gradient_accumulation_steps  # the Trainer divides by it
+            loss = loss + term
+        return (loss, outputs) if return_outputs else loss
+
+    def _kl(
+        self, model: Any, inputs: dict[str, Any], logits: torch.Tensor, kl_mask: torch.Tensor
+    ) -> torch.Tensor:
+        rows = kl_mask.any(dim=1)
+        peft_model = self.accelerator.unwrap_model(model)
+        base_inputs = {k: v[rows] for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+        with torch.no_grad(), peft_model.disable_adapter():
+            base_logits = peft_model(**base_inputs).logits
+        return masked_kl(logits[rows], base_logits, kl_mask[rows], reduction="sum")
+
+    def _loss_scaled_for_accumulation(self, num_items_in_batch: Any) -> bool:
+        # Mirrors Trainer.training_step: when the loss is normalised by the tokens of the
+        # whole accumulated batch, the Trainer does not divide it by the accumulation steps.
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None
+        )
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._kl_values and "loss" in logs:
+            logs["kl_to_base"] = sum(self._kl_values) / len(self._kl_values)
+            self._kl_values = []
+        super().log(logs, *args, **kwargs)
