@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -110,6 +111,15 @@ class Subject:
         raise NotImplementedError
 
 
+def uncached(max_new_tokens: int) -> Any:
+    """Greedy parameters for a request that computes its whole prompt: a seeded request
+    outside a conversation takes nothing from the engines' prefix caches (see
+    ``LlamaCppEngine._recomputes``), so repeated runs of one prompt measure the same work."""
+    from chatforge.engines.base import SamplingParams
+
+    return SamplingParams(do_sample=False, max_new_tokens=max_new_tokens, seed=0)
+
+
 class EngineSubject(Subject):
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -117,16 +127,12 @@ class EngineSubject(Subject):
         self.name = f"chatforge {self.engine.name}"
 
     def decode(self, ids: list[int], n: int) -> tuple[float, float]:
-        from chatforge.engines.base import SamplingParams
-
-        chunks = list(self.engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=n)))
+        chunks = list(self.engine.stream(ids, uncached(n)))
         stats = chunks[-1].stats
         return stats.time_to_first_token or 0.0, stats.decode_tokens_per_second
 
     def prefill(self, ids: list[int]) -> float:
-        from chatforge.engines.base import SamplingParams
-
-        chunks = list(self.engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=1)))
+        chunks = list(self.engine.stream(ids, uncached(1)))
         return chunks[-1].stats.time_to_first_token or 0.0
 
 
@@ -268,7 +274,7 @@ def measure_turns(model: Any, opts: BenchOptions) -> dict[str, list[float]]:
         ids = model.template.render(messages, add_generation_prompt=True).ids
         chunks = list(engine.stream(ids, params, state=state))
         reuse.append(1000 * (chunks[-1].stats.time_to_first_token or 0.0))
-        fresh = list(engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=1)))
+        fresh = list(engine.stream(ids, uncached(1)))
         recompute.append(1000 * (fresh[-1].stats.time_to_first_token or 0.0))
         messages.append(Message(Role.ASSISTANT, "".join(c.text for c in chunks)))
         log.info(
@@ -327,24 +333,29 @@ def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
     same conditions; medians over ``opts.runs`` runs."""
     from chatforge.engines.base import SamplingParams
 
-    prompts = [chat_prompt(model, f"{STORY} (version {i})") for i in range(max(opts.streams))]
     params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
 
-    def direct(i: int) -> tuple[int, float]:
+    def direct(text: str) -> tuple[int, float]:
+        ids = chat_prompt(model, text)
         started = time.perf_counter()
-        chunks = list(model.engine.stream(prompts[i], params))
+        chunks = list(model.engine.stream(ids, params))
         return chunks[-1].stats.completion_tokens, time.perf_counter() - started
 
-    paths: dict[str, Callable[[int], tuple[int, float]]] = {f"{model.engine.name} engine directly": direct}
+    paths: dict[str, Callable[[str], tuple[int, float]]] = {f"{model.engine.name} engine directly": direct}
     with _server(model, opts) as served:
         if served is not None:
             paths[f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"] = served
         rows = []
+        fresh = itertools.count(1)
         for n in opts.streams:
             runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
             for _ in range(max(1, opts.runs)):
                 for path, one in paths.items():
-                    runs[path].append(run_streams(n, one))
+                    # A prompt no stream has sent before (only the template's system prompt
+                    # is common, as among users of one server): a cached prefix from an
+                    # earlier run must not count as speed.
+                    tag = next(fresh)
+                    runs[path].append(run_streams(n, lambda i, one=one, tag=tag: one(f"[{tag}.{i}] {STORY}")))
                     log.info("%s, %d streams: %.1f tok/s", path, n, runs[path][-1]["aggregate_tps"])
             for path, measured in runs.items():
                 row = {key: statistics.median(r[key] for r in measured) for key in measured[0]}
@@ -354,7 +365,7 @@ def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[int], tuple[int, float]] | None]:
+def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[str], tuple[int, float]] | None]:
     """chatforge's OpenAI-compatible server on loopback, and one streamed request through it."""
     if not opts.server:
         yield None
@@ -382,10 +393,10 @@ def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[int], tuple[in
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    def one(i: int) -> tuple[int, float]:
+    def one(text: str) -> tuple[int, float]:
         body = {
             "model": "default",
-            "messages": [{"role": "user", "content": f"{STORY} (version {i})"}],
+            "messages": [{"role": "user", "content": text}],
             "max_tokens": opts.stream_tokens,
             "temperature": 0,
             "stream": True,

@@ -149,6 +149,8 @@ def test_a_failing_prefill_falls_back_to_llama_cpp(
     def broken(sequence, state):
         raise RuntimeError("simulated")
 
+    for sequence in hybrid._sequences:  # nothing cached: the whole prompt is to compute
+        hybrid._clear(sequence)
     monkeypatch.setattr(hybrid, "_write", broken)
     ids = chat_ids(smollm_tokenizer, LONG)
     params = SamplingParams(do_sample=False, max_new_tokens=8)

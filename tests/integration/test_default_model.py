@@ -41,7 +41,9 @@ def test_two_turn_memory_and_kv_reuse(default_model):
     turn2_ids = default_model.template.render(session.messages[:3]).ids
     # Turn 2 reuses turn 1's prompt and reply (all but the last sampled token) and
     # computes only what was added since.
-    assert first.computed_tokens == len(turn1_ids)
+    # (Turn 1 may take the template's system prompt from another sequence's cache.)
+    assert first.reused_tokens < len(turn1_ids) - 3
+    assert first.computed_tokens == len(turn1_ids) - first.reused_tokens
     assert second.reused_tokens == len(turn1_ids) + first.completion_tokens - 1
     assert second.computed_tokens == len(turn2_ids) - second.reused_tokens
 
@@ -70,7 +72,8 @@ def test_default_engine_prefills_long_prompts_in_bf16_and_agrees_with_llama_cpp(
     assert engine.name == "hybrid" and engine.describe()["rotary"] == "halves", engine.describe()
     notes = "长城是中国古代的军事防御工程。The Great Wall is about 21,000 km long. " * 6
     ids = default_model.template.render([Message("user", notes + "\n长城大约有多长？请用一句话回答。")]).ids
-    params = SamplingParams(do_sample=False, max_new_tokens=24)
+    # Seeded and stateless: each run computes the whole prompt (no prefix cache).
+    params = SamplingParams(do_sample=False, max_new_tokens=24, seed=0)
     before = engine.prefilled_tokens
     hybrid = [t for c in engine.stream(ids, params) for t in c.token_ids]
     assert engine.prefilled_tokens - before == len(ids)

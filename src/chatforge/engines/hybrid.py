@@ -22,7 +22,6 @@ layout matches. The caches differ by the quantization noise of the Q4 weights (a
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from chatforge.engines.base import EngineError
 from chatforge.engines.batching import Request
-from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
+from chatforge.engines.kvstate import SeqState, StateFormatError
 from chatforge.engines.llamacpp import LlamaCppEngine, _Sequence
 
 log = logging.getLogger(__name__)
@@ -234,26 +233,6 @@ class HybridEngine(LlamaCppEngine):
         if self._lib.llama_decode(self._ctx, batch) != 0:
             raise EngineError("llama.cpp could not compute the probe prompt")
         sequence.ids = list(ids)
-
-    def _read(self, sequence: _Sequence) -> SeqState:
-        lib = self._lib
-        size = lib.llama_state_seq_get_size(self._ctx, sequence.seq_id)
-        buffer = (ctypes.c_uint8 * size)()
-        got = lib.llama_state_seq_get_data(self._ctx, buffer, size, sequence.seq_id)
-        state = read_state(bytes(memoryview(buffer)[:got]))
-        if not np.array_equal(state.positions, np.arange(len(sequence.ids))):
-            raise StateFormatError("the cached positions are not 0..n-1")
-        return state
-
-    def _write(self, sequence: _Sequence, state: SeqState) -> None:
-        data = write_state(state)
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if self._lib.llama_state_seq_set_data(self._ctx, buffer, len(data), sequence.seq_id) != len(data):
-            raise EngineError("llama.cpp did not take the prefilled cache")
-
-    def _clear_cells(self, sequence: _Sequence) -> None:
-        self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
-        sequence.ids = []
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -33,8 +33,13 @@ import numpy as np
 
 from chatforge.engines.base import EngineError, KVState, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
+from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
 
 log = logging.getLogger(__name__)
+
+# A prompt takes its first tokens from another sequence's cache (and waits for a
+# conversation whose prompt it shares to be computed first) when that saves this many.
+MIN_SHARED_PREFIX = 16
 
 INSTALL_HINT = (
     "the llama.cpp engine needs llama-cpp-python: pip install 'chatforge[llama]' "
@@ -62,6 +67,37 @@ def cpu_has_amx() -> bool:
 def extra_buffers_default() -> bool:
     """Whether to let llama.cpp use extra buffer types (repacked and AMX weights): not on AMX CPUs."""
     return not cpu_has_amx()
+
+
+@functools.cache
+def built_with_openmp() -> bool:
+    """Whether the installed llama.cpp runs its threads through OpenMP.
+
+    PyTorch brings its own ``libgomp`` and llama.cpp then shares it: once any other thread
+    of the process has run a parallel PyTorch operation (a model load, the hybrid engine's
+    prefill, an embedding), libgomp counts more threads than cores and stops spinning at
+    barriers, and llama.cpp's decode, which passes a barrier after every operation, slows
+    down by about a quarter (docs/benchmarks.md). ``make install`` builds llama.cpp with its
+    own thread pool instead (``-DGGML_OPENMP=OFF``).
+    """
+    try:
+        info = import_llama_cpp().llama_print_system_info()
+    except Exception:  # noqa: BLE001 - no llama.cpp, or an old binding
+        return False
+    return b"OPENMP = 1" in (info if isinstance(info, bytes) else str(info).encode())
+
+
+OPENMP_HINT = (
+    "llama-cpp-python was built with OpenMP: next to PyTorch in one process it decodes about "
+    "25% slower. Rebuild it with its own thread pool: CMAKE_ARGS=-DGGML_OPENMP=OFF pip install "
+    "--force-reinstall --no-cache-dir --no-deps llama-cpp-python (make install does this)"
+)
+
+
+@functools.cache
+def _warn_if_openmp() -> None:
+    if built_with_openmp():
+        log.warning(OPENMP_HINT)
 
 
 def default_threads() -> int:
@@ -99,6 +135,7 @@ class LlamaCppEngine(BatchingEngine):
         flash_attn: bool = False,
         n_gpu_layers: int = 0,
         extra_buffers: bool | None = None,
+        share_prefixes: bool = True,
         verbose: bool = False,
     ) -> None:
         llama_cpp = import_llama_cpp()
@@ -111,6 +148,7 @@ class LlamaCppEngine(BatchingEngine):
             raise FileNotFoundError(f"no GGUF file at {path}")
         started = time.perf_counter()
         llama_cpp.llama_backend_init()
+        _warn_if_openmp()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         mparams.use_extra_bufts = extra_buffers_default() if extra_buffers is None else extra_buffers
@@ -145,6 +183,8 @@ class LlamaCppEngine(BatchingEngine):
         self._sequences = [_Sequence(i) for i in range(n_parallel)]
         self.model_path = path
         self.n_threads = threads
+        self.share_prefixes = share_prefixes
+        self.shared_tokens = 0  # prompt tokens taken from other sequences' caches so far
         super().__init__(tokenizer, per_sequence, max_batch=n_parallel, max_step_tokens=n_batch)
         log.info(
             "llama.cpp loaded %s in %.1f s: %d sequences x %d tokens, %d threads, flash attention %s%s",
@@ -160,18 +200,26 @@ class LlamaCppEngine(BatchingEngine):
     # -- batching hooks --------------------------------------------------------------
     def _admit(self, request: Request) -> bool:
         state = request.state
+        prompt = request.prompt_ids
         sequence = self._bound(state)
+        if self._waits_for_shared_prompt(request, sequence):
+            return False
         if sequence is None:
-            sequence = self._free_sequence()
+            sequence = self._free_sequence(prompt)
             if sequence is None:
                 return False
-            self._clear(sequence)
-            sequence.owner = state
+            if sequence.owner is not None:  # the conversation idle longest gives its cache up
+                sequence.owner.ids, sequence.owner.cache = [], None
+            sequence.owner = state  # the cells stay: the prompt may start as they do
             if state is not None:
                 state.cache = (id(self), sequence.seq_id)
         # At least one prompt token is computed, to have logits for the next token.
-        reuse = min(common_prefix(sequence.ids, request.prompt_ids), len(request.prompt_ids) - 1)
+        reuse = min(common_prefix(sequence.ids, prompt), len(prompt) - 1)
+        if self._recomputes(request):
+            reuse = 0
         self._truncate(sequence, max(reuse, 0))
+        if not self._recomputes(request):
+            self._borrow_prefix(sequence, prompt[: len(prompt) - 1])
         reuse = len(sequence.ids)
         sequence.busy = True
         request.slot = sequence
@@ -188,12 +236,101 @@ class LlamaCppEngine(BatchingEngine):
             return None
         return sequence
 
-    def _free_sequence(self) -> _Sequence | None:
+    def _free_sequence(self, prompt: list[int]) -> _Sequence | None:
         idle = [s for s in self._sequences if not s.busy]
         if not idle:
             return None
-        # An unowned sequence first, then the one idle longest (its conversation recomputes later).
-        return min(idle, key=lambda s: (s.owner is not None, s.last_used))
+        unowned = [s for s in idle if s.owner is None]
+        if unowned:  # the one whose cache starts most like the prompt
+            return max(unowned, key=lambda s: (common_prefix(s.ids, prompt), -s.last_used))
+        # Else the conversation idle longest gives its sequence up (and recomputes later).
+        return min(idle, key=lambda s: s.last_used)
+
+    # -- prompts that start alike share their cached prefix ----------------------------
+    def _shared_length(self, ids: list[int], prompt: list[int]) -> int:
+        return min(common_prefix(ids, prompt), len(prompt) - 1)
+
+    @staticmethod
+    def _recomputes(request: Request) -> bool:
+        """A seeded request outside a conversation computes its whole prompt, so that asking
+        again gives the same tokens: a token's logits computed alone and within a batch
+        differ in the last bits, enough to change a sampled choice."""
+        return request.state is None and request.params.seed is not None
+
+    def _waits_for_shared_prompt(self, request: Request, own: _Sequence | None) -> bool:
+        """Whether an admitted request whose prompt starts like this one is still computing
+        it: this one then waits a step and takes that prefix instead of computing it too."""
+        if not self.share_prefixes or self._recomputes(request):
+            return False
+        prompt = request.prompt_ids
+        # What it can have at once: its own cache's prefix, or the best other sequence's.
+        have = max(self._shared_length(s.ids, prompt) for s in self._sequences)
+        if own is not None:
+            have = max(have, self._shared_length(own.ids, prompt))
+        for other in self._active:
+            sequence = other.slot
+            if other is request or other.finished or sequence is None:
+                continue
+            computing = len(sequence.ids) < len(other.prompt_ids)
+            if computing and self._shared_length(other.prompt_ids, prompt) >= have + MIN_SHARED_PREFIX:
+                return True
+        return False
+
+    def _borrow_prefix(self, sequence: _Sequence, prompt: list[int]) -> None:
+        """Copy the longest prefix of ``prompt`` another sequence holds into ``sequence``."""
+        if not self.share_prefixes:
+            return
+        donor, length = None, len(sequence.ids) + MIN_SHARED_PREFIX - 1
+        for other in self._sequences:
+            if other is not sequence and other.ids:
+                n = common_prefix(other.ids, prompt)
+                if n > length:
+                    donor, length = other, n
+        if donor is None:
+            return
+        try:
+            state = self._read(donor)
+            part = SeqState(
+                seq_id=sequence.seq_id,
+                n_stream=state.n_stream,
+                stream=sequence.seq_id if state.n_stream > 1 else 0,
+                positions=state.positions[:length],
+                keys=[k[:length] for k in state.keys],
+                values=[v[:length] for v in state.values],
+                v_trans=state.v_trans,
+                k_type=state.k_type,
+                v_type=state.v_type,
+            )
+            self._clear_cells(sequence)
+            self._write(sequence, part)
+        except Exception as err:  # noqa: BLE001 - the prompt is computed instead
+            log.warning("prompts no longer share cached prefixes: %s", err)
+            self.share_prefixes = False
+            self._clear_cells(sequence)
+            return
+        sequence.ids = donor.ids[:length]
+        self.shared_tokens += length
+
+    def _read(self, sequence: _Sequence) -> SeqState:
+        """The sequence's cache, through llama.cpp's state API (:mod:`chatforge.engines.kvstate`)."""
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self._ctx, sequence.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        got = lib.llama_state_seq_get_data(self._ctx, buffer, size, sequence.seq_id)
+        state = read_state(bytes(memoryview(buffer)[:got]))
+        if not np.array_equal(state.positions, np.arange(len(sequence.ids))):
+            raise StateFormatError("the cached positions are not 0..n-1")
+        return state
+
+    def _write(self, sequence: _Sequence, state: SeqState) -> None:
+        data = write_state(state)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if self._lib.llama_state_seq_set_data(self._ctx, buffer, len(data), sequence.seq_id) != len(data):
+            raise EngineError("llama.cpp did not take the cache written to it")
+
+    def _clear_cells(self, sequence: _Sequence) -> None:
+        self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+        sequence.ids = []
 
     def _clear(self, sequence: _Sequence) -> None:
         if sequence.owner is not None:
@@ -211,8 +348,12 @@ class LlamaCppEngine(BatchingEngine):
     def _forward(self, work: list[Work]) -> list[np.ndarray | None]:
         batch = self._batch
         n = 0
-        wanted: list[int | None] = []
-        for item in work:
+        wanted: dict[int, int] = {}  # position in ``work`` -> batch row of its logits
+        # In ascending sequence order: with a cache per sequence, llama.cpp decodes four
+        # sequences given as 1, 2, 3, 0 about a quarter slower than given as 0, 1, 2, 3.
+        order = sorted(range(len(work)), key=lambda i: work[i].request.slot.seq_id)
+        for position in order:
+            item = work[position]
             sequence: _Sequence = item.request.slot
             start = len(sequence.ids)
             for j, token in enumerate(item.ids):
@@ -224,7 +365,7 @@ class LlamaCppEngine(BatchingEngine):
                 n += 1
             if item.logits:
                 batch.logits[n - 1] = 1
-            wanted.append(n - 1 if item.logits else None)
+                wanted[position] = n - 1
         batch.n_tokens = n
         status = self._lib.llama_decode(self._ctx, batch)
         if status != 0:
@@ -234,9 +375,10 @@ class LlamaCppEngine(BatchingEngine):
                 + (" (no room left in the KV cache)" if status == 1 else "")
             )
         rows: list[np.ndarray | None] = []
-        for item, index in zip(work, wanted):
+        for position, item in enumerate(work):
             sequence = item.request.slot
             sequence.ids.extend(item.ids)
+            index = wanted.get(position)
             if index is None:
                 rows.append(None)
                 continue
@@ -251,10 +393,12 @@ class LlamaCppEngine(BatchingEngine):
         sequence.busy = False
         sequence.last_used = time.monotonic()
         state = request.state
-        if state is None or sequence.owner is not state:
-            self._clear(sequence)
-            return
         self._truncate(sequence, min(keep, len(sequence.ids)))
+        if state is None or sequence.owner is not state:
+            # No conversation keeps it: an unowned cache, for prompts that start the same way.
+            if sequence.owner is not None:
+                self._clear(sequence)
+            return
         state.ids = list(sequence.ids)
         state.cache = (id(self), sequence.seq_id)
 
