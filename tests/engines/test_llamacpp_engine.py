@@ -217,7 +217,7 @@ def test_a_step_over_sequences_out_of_order_gives_each_request_its_own_logits(
         for sequence, _ in pairs:
             engine._clear(sequence)
         return engine._forward(
-            [Work(types.SimpleNamespace(slot=sequence), list(ids), logits=True) for sequence, ids in pairs]
+            [Work(types.SimpleNamespace(slot=sequence, finished=False), list(ids), logits=True) for sequence, ids in pairs]
         )
 
     alone = [step([(high, prompts[0])])[0], step([(low, prompts[1])])[0]]

@@ -133,3 +133,71 @@ def test_a_cache_it_cannot_read_turns_sharing_off_and_still_answers(engine, smol
     assert engine.share_prefixes is False
     assert stats.reused_tokens == 0
     assert out == expected
+
+
+# -- busy sequences side by side --------------------------------------------------------
+@pytest.fixture(scope="module")
+def six(smollm_path, smollm_tokenizer):
+    from chatforge.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(smollm_path, smollm_tokenizer, context_length=512, n_parallel=6, n_threads=1)
+    yield engine
+    engine.close()
+
+
+def test_busy_sequences_are_kept_side_by_side(six, smollm_tokenizer, monkeypatch):
+    """llama.cpp computes a step in one pass only over consecutive sequence ids: requests
+    continuing conversations cached at sequences 1, 3 and 5 are moved next to each other,
+    keep their caches, and a gap left by the first to finish is closed."""
+    engine = six
+    states, follow = [], []
+    for i in range(6):
+        state = engine.new_state()
+        ids = prompt(smollm_tokenizer, f"Tell me about bread number {i}.")
+        out, _ = run(engine, ids, state)
+        states.append(state)
+        follow.append(ids + out + smollm_tokenizer.encode("\nAnd then?", add_special_tokens=False))
+    assert sorted(s.cache[1] for s in states) == list(range(6))
+    picked = [i for i, s in enumerate(states) if s.cache[1] in (1, 3, 5)]
+    cached = {i: len(states[i].ids) for i in picked}
+    lengths = dict(zip(picked, (3, 6, 9)))
+    expected = {i: computed_alone_n(engine, follow[i], lengths[i]) for i in picked}
+    assert all(len(states[i].ids) == cached[i] for i in picked)  # computed_alone_n left them alone
+
+    steps = []
+    decode = engine._lib.llama_decode
+
+    def recording(ctx, batch):  # the sequences of each batch llama.cpp is given
+        steps.append(sorted({batch.seq_id[n][0] for n in range(batch.n_tokens)}))
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(engine._lib, "llama_decode", recording)
+    moved = engine.moved_caches
+    results = {}
+    barrier = threading.Barrier(len(picked))
+
+    def worker(i):
+        barrier.wait()
+        params = SamplingParams(do_sample=False, max_new_tokens=lengths[i])
+        chunks = list(engine.stream(follow[i], params, state=states[i]))
+        results[i] = ([t for c in chunks for t in c.token_ids], chunks[-1].stats)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in picked]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert engine.moved_caches > moved
+    assert any(len(step) > 1 for step in steps)
+    for step in steps:
+        assert step == list(range(step[0], step[0] + len(step))), steps
+    for i in picked:
+        tokens, stats = results[i]
+        assert stats.reused_tokens == cached[i]  # the moved cache was used, not recomputed
+        assert tokens[:3] == expected[i][:3]
+
+
+def computed_alone_n(engine, ids, n):
+    """Greedy tokens for ``ids`` computed from scratch, leaving every cache as it was."""
+    chunks = list(engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=n, seed=0)))
+    return [t for c in chunks for t in c.token_ids]

@@ -185,6 +185,8 @@ class LlamaCppEngine(BatchingEngine):
         self.n_threads = threads
         self.share_prefixes = share_prefixes
         self.shared_tokens = 0  # prompt tokens taken from other sequences' caches so far
+        self.move_caches = True  # keep busy sequences side by side (see _place)
+        self.moved_caches = 0  # caches moved for that so far
         super().__init__(tokenizer, per_sequence, max_batch=n_parallel, max_step_tokens=n_batch)
         log.info(
             "llama.cpp loaded %s in %.1f s: %d sequences x %d tokens, %d threads, flash attention %s%s",
@@ -211,8 +213,9 @@ class LlamaCppEngine(BatchingEngine):
             if sequence.owner is not None:  # the conversation idle longest gives its cache up
                 sequence.owner.ids, sequence.owner.cache = [], None
             sequence.owner = state  # the cells stay: the prompt may start as they do
-            if state is not None:
-                state.cache = (id(self), sequence.seq_id)
+        sequence = self._place(sequence)
+        if state is not None:
+            state.cache = (id(self), sequence.seq_id)
         # At least one prompt token is computed, to have logits for the next token.
         reuse = min(common_prefix(sequence.ids, prompt), len(prompt) - 1)
         if self._recomputes(request):
@@ -289,18 +292,7 @@ class LlamaCppEngine(BatchingEngine):
         if donor is None:
             return
         try:
-            state = self._read(donor)
-            part = SeqState(
-                seq_id=sequence.seq_id,
-                n_stream=state.n_stream,
-                stream=sequence.seq_id if state.n_stream > 1 else 0,
-                positions=state.positions[:length],
-                keys=[k[:length] for k in state.keys],
-                values=[v[:length] for v in state.values],
-                v_trans=state.v_trans,
-                k_type=state.k_type,
-                v_type=state.v_type,
-            )
+            part = self._retarget(self._read(donor), sequence.seq_id, length)
             self._clear_cells(sequence)
             self._write(sequence, part)
         except Exception as err:  # noqa: BLE001 - the prompt is computed instead
@@ -310,6 +302,84 @@ class LlamaCppEngine(BatchingEngine):
             return
         sequence.ids = donor.ids[:length]
         self.shared_tokens += length
+
+    @staticmethod
+    def _retarget(state: SeqState, seq_id: int, length: int | None = None) -> SeqState:
+        """``state``'s first ``length`` cells (all by default) for sequence ``seq_id``."""
+        cut = slice(0, state.n_cells if length is None else length)
+        return SeqState(
+            seq_id=seq_id,
+            n_stream=state.n_stream,
+            stream=seq_id if state.n_stream > 1 else 0,
+            positions=state.positions[cut],
+            keys=[k[cut] for k in state.keys],
+            values=[v[cut] for v in state.values],
+            v_trans=state.v_trans,
+            k_type=state.k_type,
+            v_type=state.v_type,
+        )
+
+    # -- busy sequences stay side by side ----------------------------------------------
+    # With a cache per sequence, llama.cpp computes a step in one pass only over sequences
+    # with consecutive ids; busy sequences 0, 5, 10 and 15 take four passes (one per
+    # token), which made four streams decode at 48 instead of 80 tokens/s. A request is
+    # therefore placed next to the busy ones, its cache moved there (the idle cache that
+    # was there moves to where it came from), and a gap left by a finished request is
+    # closed by moving the last busy sequence into it.
+    def _place(self, sequence: _Sequence) -> _Sequence:
+        busy = sorted(s.seq_id for s in self._sequences if s.busy and s is not sequence)
+        if not busy or not self.move_caches:
+            return sequence
+        lo, hi = busy[0], busy[-1]
+        fits = {i for i in range(lo, hi + 1)} - set(busy) | {lo - 1, hi + 1}
+        fits &= set(range(len(self._sequences)))
+        if sequence.seq_id in fits:
+            return sequence
+        # The spot whose cache is cheapest to displace: empty, then unowned, then idle longest.
+        spots = [self._sequences[i] for i in sorted(fits)]
+        spot = min(spots, key=lambda s: (bool(s.ids), s.owner is not None, s.last_used))
+        return self._swap(sequence, spot)
+
+    def _close_gaps(self, work: list[Work]) -> None:
+        """Move the step's sequences next to each other (a request that finished or left
+        in between leaves a gap)."""
+        stepping = {id(item.request.slot) for item in work}
+        while self.move_caches:
+            ours = [s for s in self._sequences if id(s) in stepping]
+            lo, hi = ours[0].seq_id, ours[-1].seq_id
+            if hi - lo + 1 == len(ours):
+                return
+            gap = next(i for i in range(lo, hi) if id(self._sequences[i]) not in stepping)
+            self._swap(ours[-1], self._sequences[gap])
+
+    def _swap(self, sequence: _Sequence, spot: _Sequence) -> _Sequence:
+        """Exchange two sequences' caches in llama.cpp; ``sequence`` (its ids, owner and
+        request) then lives at ``spot``'s id and the other at its old one. Returns it."""
+        try:
+            moving = self._read(sequence) if sequence.ids else None
+            staying = self._read(spot) if spot.ids else None
+            self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+            self._lib.llama_memory_seq_rm(self._memory, spot.seq_id, -1, -1)
+            if moving is not None:
+                self._write(spot, self._retarget(moving, spot.seq_id))
+            if staying is not None:
+                self._write(sequence, self._retarget(staying, sequence.seq_id))
+        except Exception as err:  # noqa: BLE001 - both caches are dropped, nothing wrong is kept
+            log.warning("caches stay where they are: moving one between sequences failed: %s", err)
+            self.move_caches = False
+            for one in (sequence, spot):
+                self._clear(one)
+                for request in self._active:  # a running request lost its cache: it ends
+                    if request.slot is one:
+                        request.finish(EngineError(f"its cache could not be moved: {err}"))
+            return sequence
+        sequence.seq_id, spot.seq_id = spot.seq_id, sequence.seq_id
+        self._sequences.sort(key=lambda s: s.seq_id)
+        for one in (sequence, spot):
+            if one.owner is not None and isinstance(one.owner.cache, tuple):
+                one.owner.cache = (id(self), one.seq_id)
+        self.moved_caches += 1
+        return sequence
 
     def _read(self, sequence: _Sequence) -> SeqState:
         """The sequence's cache, through llama.cpp's state API (:mod:`chatforge.engines.kvstate`)."""
@@ -346,6 +416,11 @@ class LlamaCppEngine(BatchingEngine):
             sequence.ids = sequence.ids[:keep]
 
     def _forward(self, work: list[Work]) -> list[np.ndarray | None]:
+        self._close_gaps(work)
+        if any(item.request.finished for item in work):  # a failed move ended a request
+            live = [item for item in work if not item.request.finished]
+            rows = iter(self._forward(live) if live else [])
+            return [None if item.request.finished else next(rows) for item in work]
         batch = self._batch
         n = 0
         wanted: dict[int, int] = {}  # position in ``work`` -> batch row of its logits
@@ -398,9 +473,9 @@ class LlamaCppEngine(BatchingEngine):
             # No conversation keeps it: an unowned cache, for prompts that start the same way.
             if sequence.owner is not None:
                 self._clear(sequence)
-            return
-        state.ids = list(sequence.ids)
-        state.cache = (id(self), sequence.seq_id)
+        else:
+            state.ids = list(sequence.ids)
+            state.cache = (id(self), sequence.seq_id)
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
