@@ -45,3 +45,21 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
         assert re.search(rf"\| {re.escape(label)} \| -?\d+\.\d\d \|", text), label
     plot(results, str(tmp_path / "bench.png"))
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_goal_verdicts_tell_parity_within_noise_from_a_miss():
+    from chatforge.bench import Results, goals
+
+    def single(me, reference):
+        return [
+            {"subject": "chatforge hybrid", "decode_tps": sorted(me)[1], "decode_runs": me},
+            {"subject": "plain llama_cpp.Llama", "decode_tps": sorted(reference)[1], "decode_runs": reference},
+        ]
+
+    opts = BenchOptions(engines=["hybrid"])
+    straddling = "\n".join(goals(Results(single=single([47.6, 49.5, 49.0], [49.7, 49.3, 49.1])), opts))
+    assert re.search(r"\| decode vs plain llama\.cpp \| 0\.99 \| ≥ 1 \| parity \(within noise\) \| 0\.96, 1\.00, 1\.00 \|", straddling)
+    behind = "\n".join(goals(Results(single=single([40.0, 41.0, 42.0], [49.7, 49.3, 49.1])), opts))
+    assert re.search(r"\| decode vs plain llama\.cpp \| 0\.83 \| ≥ 1 \| no \|", behind)
+    ahead = "\n".join(goals(Results(single=single([52.0, 51.0, 50.0], [49.7, 49.3, 49.1])), opts))
+    assert re.search(r"\| decode vs plain llama\.cpp \| 1\.03 \| ≥ 1 \| yes \|", ahead)
