@@ -1,8 +1,8 @@
 """The hybrid engine: transformers' bf16 prefill, llama.cpp's quantized decode.
 
-On a CPU with bf16 matrix units (AMX, AVX512-BF16) PyTorch computes a long prompt about
-six times faster in bf16 than llama.cpp does with Q4 weights, while llama.cpp decodes
-about twice as fast (docs/benchmarks.md). This engine takes the better half of each: it
+On a CPU with bf16 matrix units PyTorch computes a long prompt in bf16 faster than
+llama.cpp does with Q4 weights (about six times with AMX, 1.8x with AVX512-BF16 alone),
+while llama.cpp decodes about four times as fast (MODELS.md, docs/benchmarks.md). This engine takes the better half of each: it
 is the llama.cpp engine (same batching, sequences, prefix reuse and sampling), except
 that a prompt with at least ``min_prefill`` new tokens is run through the transformers
 model, and the keys and values that produced are written into the llama.cpp sequence
