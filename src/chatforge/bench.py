@@ -546,37 +546,26 @@ def goals(results: Results, opts: BenchOptions) -> list[str]:
             return "parity (within noise)"
         return "no"
 
-    mine = find(results.single, me, "decode_tps")
-    ratio(
-        "decode vs plain llama.cpp",
-        mine,
-        find(results.single, "plain llama_cpp", "decode_tps"),
-        1.0,
-        rounds=(
-            find(results.single, me, "decode_runs"),
-            find(results.single, "plain llama_cpp", "decode_runs"),
+    against = (  # (label, rows, median key, runs key, reference, goal)
+        ("decode vs plain llama.cpp", results.single, "decode_tps", "decode_runs", "plain llama_cpp", 1.0),
+        (
+            "decode vs plain transformers generate",
+            results.single,
+            "decode_tps",
+            "decode_runs",
+            "plain transformers",
+            2.0,
         ),
+        ("prefill vs plain transformers", results.prefill, "tps", "tps_runs", "plain transformers", 1.0),
     )
-    ratio(
-        "decode vs plain transformers generate",
-        mine,
-        find(results.single, "plain transformers", "decode_tps"),
-        2.0,
-        rounds=(
-            find(results.single, me, "decode_runs"),
-            find(results.single, "plain transformers", "decode_runs"),
-        ),
-    )
-    ratio(
-        "prefill vs plain transformers",
-        find(results.prefill, me, "tps"),
-        find(results.prefill, "plain transformers", "tps"),
-        1.0,
-        rounds=(
-            find(results.prefill, me, "tps_runs"),
-            find(results.prefill, "plain transformers", "tps_runs"),
-        ),
-    )
+    for label, rows, key, runs, reference, goal in against:
+        ratio(
+            label,
+            find(rows, me, key),
+            find(rows, reference, key),
+            goal,
+            rounds=(find(rows, me, runs), find(rows, reference, runs)),
+        )
     reuse = results.turns.get(f"{engine} reuse")
     if reuse and len(reuse) >= 2:
         ratio(f"turn-{len(reuse)} TTFT / turn-1 TTFT", reuse[-1], reuse[0], 1.2, higher=False)
