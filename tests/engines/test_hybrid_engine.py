@@ -188,3 +188,30 @@ def test_other_weights_turn_the_hybrid_path_off(
         assert engine.prefilled_tokens == 0
     finally:
         engine.close()
+
+
+def test_the_last_layer_mlp_runs_for_the_last_position_only(hybrid, smollm_hf, smollm_tokenizer):
+    """A prefill needs the last layer's output at the last position alone: its MLP sees one
+    row, and the logits and every layer's keys are those of a whole forward pass."""
+    import numpy as np
+    import torch
+
+    ids = chat_ids(smollm_tokenizer, LONG)
+    mlp = smollm_hf.model.layers[-1].mlp
+    rows = []
+    handle = mlp.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    try:
+        keys, _, logits = hybrid._hf_prefill(ids, None)
+        assert rows == [1]
+        rows.clear()
+        with torch.inference_mode():
+            whole = smollm_hf(input_ids=torch.tensor([ids]), use_cache=True)
+        assert rows == [len(ids)]
+    finally:
+        handle.remove()
+    assert smollm_hf.model.layers[-1].mlp is mlp
+    reference = whole.logits[0, -1].float().numpy()
+    assert int(logits.argmax()) == int(reference.argmax())
+    assert np.abs(logits - reference).max() < 0.02 * np.abs(reference).max()
+    for mine, theirs in zip(keys, (layer.keys for layer in whole.past_key_values.layers)):
+        assert torch.equal(mine, theirs)

@@ -22,8 +22,10 @@ layout matches. The caches differ by the quantization noise of the Q4 weights (a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,37 @@ def _halves_to_pairs(head_dim: int) -> np.ndarray:
     order[0::2] = np.arange(half)
     order[1::2] = np.arange(half, head_dim)
     return order
+
+
+class _LastPositionOnly:
+    """A decoder layer's MLP computed for the last position alone (zeros elsewhere)."""
+
+    def __init__(self, mlp: Any) -> None:
+        self.mlp = mlp
+
+    def __call__(self, hidden: Any) -> Any:
+        out = hidden.new_zeros(hidden.shape)
+        out[:, -1:] = self.mlp(hidden[:, -1:])
+        return out
+
+
+@contextlib.contextmanager
+def _last_layer_mlp_for_last_position(model: Any) -> Iterator[None]:
+    """During a prefill the last decoder layer's output matters at the last position only
+    (its keys and values come from its input; the logits are kept for one position), so
+    its MLP, the larger part of a layer, is computed there alone: 1/24 less work for the
+    default model, the same last-position logits. Models laid out otherwise run whole."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    last = layers[-1] if layers is not None and len(layers) else None
+    mlp = getattr(last, "mlp", None)
+    if mlp is None:
+        yield
+        return
+    last.__dict__["mlp"] = _LastPositionOnly(mlp)  # shadows the submodule for this call
+    try:
+        yield
+    finally:
+        del last.__dict__["mlp"]
 
 
 class HybridEngine(LlamaCppEngine):
@@ -197,7 +230,7 @@ class HybridEngine(LlamaCppEngine):
             inverse = None if self._order is None else np.argsort(self._order)
             for layer, (k, v) in enumerate(zip(past.keys, past.values)):
                 cache.update(self._tensor(k, inverse, dtype), self._tensor(v, None, dtype), layer)
-        with torch.inference_mode():
+        with torch.inference_mode(), _last_layer_mlp_for_last_position(self._hf):
             out = self._hf(
                 input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
             )
@@ -207,10 +240,12 @@ class HybridEngine(LlamaCppEngine):
 
     def _rows(self, tensor: Any, order: np.ndarray | None) -> np.ndarray:
         """``(1, heads, tokens, dim)`` → llama.cpp's ``(tokens, heads * dim)`` rows in float16."""
-        array = tensor[0].transpose(0, 1).float().numpy()
+        import torch
+
+        array = tensor[0].transpose(0, 1).to(torch.float16).numpy()
         if order is not None:
             array = array[..., order]
-        return array.reshape(array.shape[0], -1).astype(np.float16)
+        return np.ascontiguousarray(array).reshape(array.shape[0], -1)
 
     def _tensor(self, rows: np.ndarray, order: np.ndarray | None, dtype: Any) -> Any:
         import torch
