@@ -70,11 +70,12 @@ def _last_layer_mlp_for_last_position(model: Any) -> Iterator[None]:
     """During a prefill the last decoder layer's output matters at the last position only
     (its keys and values come from its input; the logits are kept for one position), so
     its MLP, the larger part of a layer, is computed there alone: 1/24 less work for the
-    default model, the same last-position logits. Models laid out otherwise run whole."""
+    default model, the same last-position logits. Models laid out otherwise (no dense
+    ``...MLP`` module there, e.g. a mixture of experts returning router logits) run whole."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     last = layers[-1] if layers is not None and len(layers) else None
     mlp = getattr(last, "mlp", None)
-    if mlp is None:
+    if mlp is None or not type(mlp).__name__.endswith("MLP"):
         yield
         return
     last.__dict__["mlp"] = _LastPositionOnly(mlp)  # shadows the submodule for this call
