@@ -216,12 +216,11 @@ class LlamaCppEngine(BatchingEngine):
         sequence = self._place(sequence)
         if state is not None:
             state.cache = (id(self), sequence.seq_id)
-        # At least one prompt token is computed, to have logits for the next token.
-        reuse = min(common_prefix(sequence.ids, prompt), len(prompt) - 1)
         if self._recomputes(request):
-            reuse = 0
-        self._truncate(sequence, max(reuse, 0))
-        if not self._recomputes(request):
+            self._truncate(sequence, 0)
+        else:
+            # At least one prompt token is computed, to have logits for the next token.
+            self._truncate(sequence, max(self._shared_length(sequence.ids, prompt), 0))
             self._borrow_prefix(sequence, prompt[: len(prompt) - 1])
         reuse = len(sequence.ids)
         sequence.busy = True
@@ -250,7 +249,8 @@ class LlamaCppEngine(BatchingEngine):
         return min(idle, key=lambda s: s.last_used)
 
     # -- prompts that start alike share their cached prefix ----------------------------
-    def _shared_length(self, ids: list[int], prompt: list[int]) -> int:
+    @staticmethod
+    def _shared_length(ids: list[int], prompt: list[int]) -> int:
         return min(common_prefix(ids, prompt), len(prompt) - 1)
 
     @staticmethod
@@ -323,9 +323,9 @@ class LlamaCppEngine(BatchingEngine):
     # With a cache per sequence, llama.cpp computes a step in one pass only over sequences
     # with consecutive ids; busy sequences 0, 5, 10 and 15 take four passes (one per
     # token), which made four streams decode at 48 instead of 80 tokens/s. A request is
-    # therefore placed next to the busy ones, its cache moved there (the idle cache that
-    # was there moves to where it came from), and a gap left by a finished request is
-    # closed by moving the last busy sequence into it.
+    # therefore placed next to the busy ones when admitted, before its prompt fills its
+    # cache (the idle cache that was there moves to where it came from), and before each
+    # step a gap left by a finished request is closed by moving the last sequence into it.
     def _place(self, sequence: _Sequence) -> _Sequence:
         busy = sorted(s.seq_id for s in self._sequences if s.busy and s is not sequence)
         if not busy or not self.move_caches:
