@@ -5,6 +5,8 @@ llama.cpp state bytes it writes."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -215,3 +217,106 @@ def test_the_last_layer_mlp_runs_for_the_last_position_only(hybrid, smollm_hf, s
     assert np.abs(logits - reference).max() < 0.02 * np.abs(reference).max()
     for mine, theirs in zip(keys, (layer.keys for layer in whole.past_key_values.layers)):
         assert torch.equal(mine, theirs)
+
+
+# -- prompts arriving together: one forward pass --------------------------------------------
+def test_prefill_groups_batch_prompts_of_similar_length():
+    from chatforge.engines.hybrid import prefill_groups
+
+    assert prefill_groups([]) == []
+    assert prefill_groups([34, 35, 33]) == [[2, 0, 1]]
+    # 1,000 tokens padded for a 40-token prompt would waste 960: two passes.
+    assert prefill_groups([1000, 40]) == [[1], [0]]
+    assert prefill_groups([40, 100, 45], max_waste=64) == [[0, 2], [1]]
+    assert prefill_groups([600] * 4, max_tokens=2048) == [[0, 1, 2], [3]]
+
+
+def test_a_batched_prefill_gives_each_prompt_its_own_cache_and_logits(hybrid, smollm_path, smollm_tokenizer):
+    """Rows of different lengths, with and without a cached prefix, computed together: the
+    same keys, values and logits as each computed alone (in float32, where a batch's
+    different summation order stays far below what a wrong mask or position would do)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    long_ids = chat_ids(smollm_tokenizer, LONG)
+    short_ids = chat_ids(smollm_tokenizer, "Name a colour.")
+    other = chat_ids(smollm_tokenizer, "What is the capital of Italy? Answer in one word.")
+    sequence = hybrid._sequences[0]
+    bf16 = hybrid._hf
+    hybrid._hf = AutoModelForCausalLM.from_pretrained(
+        smollm_path.parent, gguf_file=smollm_path.name, dtype=torch.float32, local_files_only=True
+    ).eval()
+    try:
+        hybrid._clear(sequence)
+        keys, values, _ = hybrid._hf_prefill(other[:9], None)
+        hybrid._store(sequence, keys, values, other[:9])
+        past = hybrid._read(sequence)
+        hybrid._clear(sequence)
+        rows = [(long_ids, None), (short_ids, None), (other[9:], past)]
+        together = hybrid._hf_prefill_batch(rows)
+        alone = [hybrid._hf_prefill(ids, prefix) for ids, prefix in rows]
+    finally:
+        hybrid._hf = bf16
+    for (ids, prefix), (keys, values, logits), (alone_keys, alone_values, alone_logits) in zip(
+        rows, together, alone
+    ):
+        assert np.abs(logits - alone_logits).max() < 1e-3 * np.abs(alone_logits).max()
+        cells = len(ids) + (prefix.n_cells if prefix is not None else 0)
+        for mine, theirs in zip(keys + values, alone_keys + alone_values):
+            assert mine.shape == theirs.shape and mine.shape[2] == cells
+            assert float((mine - theirs).abs().max()) < 1e-3 * float(theirs.abs().max())
+
+
+def test_prompts_arriving_together_are_prefilled_in_one_pass(hybrid, smollm_tokenizer):
+    questions = [
+        "What is the capital of France? Answer in one word, please, and nothing else at all.",
+        "Name three colours of the rainbow, one word each, separated by commas, nothing else.",
+        "Write the numbers from one to five as words, separated by commas, and nothing else.",
+    ]
+    prompts = [chat_ids(smollm_tokenizer, q) for q in questions]
+    params = SamplingParams(do_sample=False, max_new_tokens=6)
+    for sequence in hybrid._sequences:
+        hybrid._clear(sequence)
+    alone = []
+    for ids in prompts:
+        before = hybrid.prefill_passes
+        alone.append(run(hybrid, ids, params)[0])
+        assert hybrid.prefill_passes == before + 1
+        for sequence in hybrid._sequences:
+            hybrid._clear(sequence)
+    hybrid.share_prefixes = False  # each prompt whole: all three wait for no one
+    results: list = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def worker(i):
+        barrier.wait()
+        results[i] = run(hybrid, prompts[i], params)
+
+    passes, tokens = hybrid.prefill_passes, hybrid.prefilled_tokens
+    hold = threading.Lock()
+    step = hybrid._step
+
+    def held_step():  # the worker waits until all three requests have arrived
+        with hold:
+            pass
+        return step()
+
+    hybrid._step = held_step
+    try:
+        with hold:
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            while len(hybrid._waiting) + len(hybrid._active) < len(prompts):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        del hybrid._step
+        hybrid.share_prefixes = True
+    assert hybrid.prefill_passes - passes == 1
+    assert hybrid.prefilled_tokens - tokens == sum(len(p) for p in prompts)
+    assert [r[0][:3] for r in results] == [a[:3] for a in alone]
+    assert all(r[1].stats.computed_tokens == len(p) for r, p in zip(results, prompts))
