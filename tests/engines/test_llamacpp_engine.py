@@ -15,6 +15,8 @@ import pytest
 
 from chatforge.engines.base import PromptTooLongError, SamplingParams
 
+from .conftest import need_llama_cpp
+
 GREEDY = dict(do_sample=False, max_new_tokens=12)
 
 
@@ -191,13 +193,33 @@ def check_vocab(engine, tokenizer):
     assert checked > 1000
 
 
-def test_extra_buffer_types_are_off_on_amx_cpus(monkeypatch):
+def test_extra_buffer_types_are_off_where_the_amx_path_could_run(monkeypatch):
     from chatforge.engines import llamacpp
 
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
-    assert llamacpp.extra_buffers_default() is False
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
-    assert llamacpp.extra_buffers_default() is True
+    for cpu, build, expected in ((True, True, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(llamacpp, "built_with_amx", lambda build=build: build)
+        assert llamacpp.extra_buffers_default() is expected
+
+
+def test_the_amx_path_is_read_from_the_build(monkeypatch):
+    from chatforge.engines import llamacpp
+
+    need_llama_cpp()
+    info = llamacpp._system_info()
+    assert info is not None and b"AVX" in info
+    llamacpp.built_with_amx.cache_clear()
+    try:
+        monkeypatch.setattr(llamacpp, "_system_info", lambda: b"CPU : AVX512 = 1 | AMX_INT8 = 1 | ")
+        assert llamacpp.built_with_amx() is True
+        llamacpp.built_with_amx.cache_clear()
+        monkeypatch.setattr(llamacpp, "_system_info", lambda: b"CPU : AVX512 = 1 | REPACK = 1 | ")
+        assert llamacpp.built_with_amx() is False
+        llamacpp.built_with_amx.cache_clear()
+        monkeypatch.setattr(llamacpp, "_system_info", lambda: None)  # unreadable: assume the worst
+        assert llamacpp.built_with_amx() is True
+    finally:
+        llamacpp.built_with_amx.cache_clear()
 
 
 def test_a_step_over_sequences_out_of_order_gives_each_request_its_own_logits(
