@@ -60,7 +60,7 @@ class BenchOptions:
     engines: list[str] = field(default_factory=lambda: ["hybrid", "llama.cpp", "transformers"])
     """chatforge engines to measure."""
     references: bool = True
-    """Also measure plain transformers generate and plain llama_cpp.Llama."""
+    """Also measure plain transformers generate, plain llama_cpp.Llama and (streams) plain llama.cpp's batch API."""
     runs: int = 3
     """Repetitions of each single-stream measurement (the median is reported)."""
     tokens: int = 128
@@ -335,10 +335,11 @@ def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, An
     }
 
 
-def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
-    """Each stream count on the engine directly and through the HTTP server, taking turns run
-    by run (direct, server, direct, ...) so that the server's overhead is measured under the
-    same conditions; medians over ``opts.runs`` runs."""
+def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> list[dict[str, Any]]:
+    """Each stream count on the engine directly and through the HTTP server (and on
+    ``reference``, plain llama.cpp's batch API, when given), taking turns run by run
+    (direct, server, reference, direct, ...) so that all are measured under the same
+    conditions; medians over ``opts.runs`` runs."""
     from chatforge.engines.base import SamplingParams
 
     params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
@@ -349,10 +350,14 @@ def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
         chunks = list(model.engine.stream(ids, params))
         return chunks[-1].stats.completion_tokens, time.perf_counter() - started
 
-    paths: dict[str, Callable[[str], tuple[int, float]]] = {f"{model.engine.name} engine directly": direct}
+    paths: dict[str, Callable[[str], tuple[int, float]] | None] = {
+        f"{model.engine.name} engine directly": direct
+    }
     with _server(model, opts) as served:
         if served is not None:
             paths[f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"] = served
+        if reference is not None:
+            paths[reference.name] = None
         rows = []
         fresh = itertools.count(1)
         for n in opts.streams:
@@ -363,7 +368,12 @@ def measure_streams(model: Any, opts: BenchOptions) -> list[dict[str, Any]]:
                     # is common, as among users of one server): a cached prefix from an
                     # earlier run must not count as speed.
                     tag = next(fresh)
-                    runs[path].append(run_streams(n, lambda i, one=one, tag=tag: one(f"[{tag}.{i}] {STORY}")))
+                    texts = [f"[{tag}.{i}] {STORY}" for i in range(n)]
+                    if one is None:
+                        prompts = [chat_prompt(model, text) for text in texts]
+                        runs[path].append(reference.run(prompts, opts.stream_tokens))
+                    else:
+                        runs[path].append(run_streams(n, lambda i, one=one, texts=texts: one(texts[i])))
                     log.info("%s, %d streams: %.1f tok/s", path, n, runs[path][-1]["aggregate_tps"])
             for path, measured in runs.items():
                 row = {key: statistics.median(r[key] for r in measured) for key in measured[0]}
@@ -583,6 +593,18 @@ def goals(results: Results, opts: BenchOptions) -> list[str]:
                 ", ".join(f"{r:.1f}" for r in runs),
             )
         )
+    plain = {r["streams"]: r for r in results.streams if r["path"].startswith("plain llama.cpp batch")}
+    if 4 in served and 4 in plain:
+        pairs = zip(served[4].get("runs_tps", []), plain[4].get("runs_tps", []))
+        checks.append(
+            (
+                "4 streams through the server / plain llama.cpp batch API",
+                served[4]["aggregate_tps"] / plain[4]["aggregate_tps"],
+                "(context)",
+                "",
+                ", ".join(f"{a / b:.2f}" for a, b in pairs if b),
+            )
+        )
     for n in sorted(set(served) & set(direct)):
         overhead = 1 - served[n]["aggregate_tps"] / direct[n]["aggregate_tps"]
         pairs = zip(served[n].get("runs_tps", []), direct[n].get("runs_tps", []))
@@ -680,10 +702,29 @@ def run_bench(opts: BenchOptions) -> Results:
         for model in models.values():
             results.turns.update(measure_turns(model, opts))
     if opts.streams:
-        for model in models.values():
-            results.streams += measure_streams(model, opts)
+        reference = _batch_reference(opts, models)
+        try:
+            for i, model in enumerate(models.values()):
+                results.streams += measure_streams(model, opts, reference if i == 0 else None)
+        finally:
+            if reference is not None:
+                reference.close()
     results.machine["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return results
+
+
+def _batch_reference(opts: BenchOptions, models: dict[str, Any]) -> Any:
+    """Plain llama.cpp's batch API on the same GGUF, for the concurrent streams."""
+    if not opts.references or not any(name in ("llama.cpp", "hybrid") for name in models):
+        return None
+    try:
+        from chatforge.bench_batch import PlainLlamaBatch
+        from chatforge.engines.select import resolve_gguf
+
+        return PlainLlamaBatch(resolve_gguf(opts.model), opts.threads, max(opts.streams))
+    except (ImportError, ValueError, RuntimeError) as err:
+        log.warning("no plain llama.cpp batch reference: %s", err)
+        return None
 
 
 def _references(opts: BenchOptions, models: dict[str, Any]) -> list[Subject]:
