@@ -338,8 +338,8 @@ def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, An
 def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> list[dict[str, Any]]:
     """Each stream count on the engine directly and through the HTTP server (and on
     ``reference``, plain llama.cpp's batch API, when given), taking turns run by run
-    (direct, server, reference, direct, ...) so that all are measured under the same
-    conditions; medians over ``opts.runs`` runs."""
+    (direct, server, reference, then reference, server, direct, ...) so that all are
+    measured under the same conditions; medians over ``opts.runs`` runs."""
     from chatforge.engines.base import SamplingParams
 
     params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
@@ -362,8 +362,11 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
         fresh = itertools.count(1)
         for n in opts.streams:
             runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
-            for _ in range(max(1, opts.runs)):
-                for path, one in paths.items():
+            for round_ in range(max(1, opts.runs)):
+                # Every other round in reverse (A B C, C B A, ...): a machine that speeds up
+                # or slows down during a round favours no path.
+                order = list(paths.items())
+                for path, one in order[::-1] if round_ % 2 else order:
                     # A prompt no stream has sent before (only the template's system prompt
                     # is common, as among users of one server): a cached prefix from an
                     # earlier run must not count as speed.
