@@ -9,7 +9,8 @@ Measured on the same model, prompts and machine:
 * 1, 4 and 16 concurrent streams, on the engine directly and through the HTTP server
   (aggregate tokens/s, p50/p95 request latency), and the server's overhead.
 
-References: plain ``transformers`` ``generate`` and plain ``llama_cpp.Llama`` on the same
+References (:mod:`chatforge.bench_subjects`): plain ``transformers`` ``generate``, plain
+``llama_cpp.Llama`` and, for the concurrent streams, plain llama.cpp's batch API, on the same
 weights. Results are printed as Markdown (and written with ``--out``), with a PNG plot
 (``--plot``). Figures on a shared machine are noisy: note the load average printed with them.
 """
@@ -31,6 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from chatforge.bench_subjects import EngineSubject, RawLlamaCpp, RawTransformers, Subject, uncached
 
 log = logging.getLogger(__name__)
 
@@ -94,112 +97,6 @@ class Results:
     prefill: list[dict[str, Any]] = field(default_factory=list)
     turns: dict[str, list[float]] = field(default_factory=dict)
     streams: list[dict[str, Any]] = field(default_factory=list)
-
-
-# -- subjects -------------------------------------------------------------------------------
-class Subject:
-    """Something that can generate: a chatforge engine or a raw reference."""
-
-    name: str
-
-    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
-        """(TTFT seconds, decode tokens/s) generating exactly ``n`` tokens greedily."""
-        raise NotImplementedError
-
-    def prefill(self, ids: list[int]) -> float:
-        """Seconds to process ``ids`` and produce the first token."""
-        raise NotImplementedError
-
-
-def uncached(max_new_tokens: int) -> Any:
-    """Greedy parameters for a request that computes its whole prompt: a seeded request
-    outside a conversation takes nothing from the engines' prefix caches (see
-    ``LlamaCppEngine._recomputes``), so repeated runs of one prompt measure the same work."""
-    from chatforge.engines.base import SamplingParams
-
-    return SamplingParams(do_sample=False, max_new_tokens=max_new_tokens, seed=0)
-
-
-class EngineSubject(Subject):
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.engine = model.engine
-        self.name = f"chatforge {self.engine.name}"
-
-    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
-        chunks = list(self.engine.stream(ids, uncached(n)))
-        stats = chunks[-1].stats
-        return stats.time_to_first_token or 0.0, stats.decode_tokens_per_second
-
-    def prefill(self, ids: list[int]) -> float:
-        chunks = list(self.engine.stream(ids, uncached(1)))
-        return chunks[-1].stats.time_to_first_token or 0.0
-
-
-class RawTransformers(Subject):
-    def __init__(self, model: Any) -> None:
-        import torch
-
-        self.torch = torch
-        self.model = model
-        self.name = (
-            f"plain transformers generate ({str(next(model.parameters()).dtype).removeprefix('torch.')})"
-        )
-
-    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
-        torch = self.torch
-        with torch.inference_mode():
-            inputs = torch.tensor([ids])
-            started = time.perf_counter()
-            self.model.generate(inputs, max_new_tokens=1, do_sample=False, pad_token_id=0)
-            ttft = time.perf_counter() - started
-            started = time.perf_counter()
-            out = self.model.generate(
-                inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
-            )
-            total = time.perf_counter() - started
-        made = out.shape[1] - len(ids)
-        return ttft, (made - 1) / max(total - ttft, 1e-9)
-
-    def prefill(self, ids: list[int]) -> float:
-        torch = self.torch
-        with torch.inference_mode():
-            started = time.perf_counter()
-            self.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
-            return time.perf_counter() - started
-
-
-class RawLlamaCpp(Subject):
-    def __init__(self, path: Path, threads: int | None, n_ctx: int = 4096) -> None:
-        import llama_cpp
-
-        from chatforge.engines.llamacpp import default_threads
-
-        threads = threads or default_threads()
-        self.llm = llama_cpp.Llama(
-            str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
-        )
-        self.name = "plain llama_cpp.Llama"
-
-    def decode(self, ids: list[int], n: int) -> tuple[float, float]:
-        self.llm.reset()
-        started = time.perf_counter()
-        ttft = 0.0
-        made = 0
-        for _ in self.llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            made += 1
-            if made == 1:
-                ttft = time.perf_counter() - started
-            if made == n:
-                break
-        total = time.perf_counter() - started
-        return ttft, (made - 1) / max(total - ttft, 1e-9)
-
-    def prefill(self, ids: list[int]) -> float:
-        self.llm.reset()
-        started = time.perf_counter()
-        self.llm.eval(ids)
-        return time.perf_counter() - started
 
 
 # -- measurements -----------------------------------------------------------------------------
@@ -721,7 +618,7 @@ def _batch_reference(opts: BenchOptions, models: dict[str, Any]) -> Any:
     if not opts.references or not any(name in ("llama.cpp", "hybrid") for name in models):
         return None
     try:
-        from chatforge.bench_batch import PlainLlamaBatch
+        from chatforge.bench_subjects import PlainLlamaBatch
         from chatforge.engines.select import resolve_gguf
 
         return PlainLlamaBatch(resolve_gguf(opts.model), opts.threads, max(opts.streams))

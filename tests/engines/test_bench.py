@@ -75,7 +75,7 @@ def test_goal_verdicts_tell_parity_within_noise_from_a_miss():
 def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_engine, smollm_tokenizer):
     """The concurrent-streams reference (plain llama.cpp's batch API) makes the same greedy
     tokens as chatforge's engine for each prompt, with prompts longer than one batch."""
-    from chatforge.bench_batch import PlainLlamaBatch
+    from chatforge.bench_subjects import PlainLlamaBatch
     from chatforge.engines.base import SamplingParams
 
     from .test_llamacpp_engine import chat_ids, run
