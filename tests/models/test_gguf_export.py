@@ -94,6 +94,12 @@ def test_quantized_export_and_a_foreign_template_is_refused(smollm, tmp_path):
     f16_size = sum(p.numel() for p in model.parameters()) * 2
     assert 0.4 * f16_size < q8.stat().st_size < 0.7 * f16_size
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    q4 = write_gguf(model, path, tmp_path / "m-q4_0.gguf", "q4_0", progress=False)
+    assert 0.2 * f16_size < q4.stat().st_size < 0.45 * f16_size
+    import gguf
+
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(q4).tensors if len(t.shape) == 2}
+    assert "Q4_0" in kinds and "Q4_K" not in kinds, kinds
     stranger = AutoModelForCausalLM.from_config(model.config)  # same shapes, other weights
     with pytest.raises(GGUFExportError, match="not a fine-tune of that base"):
         write_gguf(stranger, path, tmp_path / "x.gguf", "f16", progress=False)

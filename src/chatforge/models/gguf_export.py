@@ -28,7 +28,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m")
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_0")
 _MATCH_TOLERANCE = 0.5  # relative difference to the base's layer-0 Q/K that still counts as "a fine-tune of it"
 # Fields the writer sets itself, or that describe the template's quantization.
 _SKIP_FIELDS = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
@@ -175,6 +175,7 @@ def quantize(source: Path, output: Path, gguf_type: str) -> Path:
         "bf16": lib.LLAMA_FTYPE_MOSTLY_BF16,
         "q8_0": lib.LLAMA_FTYPE_MOSTLY_Q8_0,
         "q4_k_m": lib.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        "q4_0": lib.LLAMA_FTYPE_MOSTLY_Q4_0,
     }
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftypes[gguf_type]
