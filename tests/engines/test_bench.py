@@ -10,8 +10,18 @@ from chatforge.bench import BenchOptions, plot, report, run_bench
 from .conftest import need_llama_cpp
 
 
-def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_path):
+def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_path, monkeypatch):
+    import httpx
+
     need_llama_cpp()
+    clients = []
+    init = httpx.Client.__init__
+
+    def counted(self, *args, **kwargs):  # the server's requests share one client, as an app's do
+        clients.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "__init__", counted)
     opts = BenchOptions(
         model=str(smollm_path),
         engines=["llama.cpp"],
@@ -34,6 +44,7 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
     paths = {(r["path"].split(" ")[0], r["streams"]) for r in results.streams}
     assert paths == {(first, n) for first in ("llama.cpp", "HTTP", "plain") for n in (1, 2)}
     assert all(r["tokens"] == 4 * r["streams"] for r in results.streams)
+    assert len(clients) == 1  # 3 requests: building a client per request would cost CPU mid-run
     text = report(results, opts)
     assert "### Goals (chatforge llama.cpp)" in text
     for label in (
