@@ -60,6 +60,8 @@ class BenchOptions:
 
     model: str = "default"
     """The model: 'default' (embedded; GGUF for llama.cpp, safetensors for transformers) or a path."""
+    quantize: str | None = None
+    """Re-quantize the GGUF (q4_0, iq4_nl, q8_0) for the llama.cpp engines and the plain llama.cpp references."""
     engines: list[str] = field(default_factory=lambda: ["hybrid", "llama.cpp", "transformers"])
     """chatforge engines to measure."""
     references: bool = True
@@ -368,7 +370,8 @@ def report(results: Results, opts: BenchOptions) -> str:
     lines = [
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores; load average {m.get('load_before')} before, "
         f"{m.get('load_after')} after; {m.get('when')}.",
-        f"Model: {opts.model}; greedy; median of {opts.runs} runs.",
+        f"Model: {opts.model}{f' (GGUF re-quantized to {opts.quantize})' if opts.quantize else ''}; "
+        f"greedy; median of {opts.runs} runs.",
         "",
     ]
     if results.single:
@@ -594,7 +597,11 @@ def run_bench(opts: BenchOptions) -> Results:
         # 4,096 tokens per sequence holds every prompt here (the default, 8,192, doubles the KV memory).
         context = 4096 if gguf else None
         models[engine] = load_model(
-            opts.model, engine=engine, context_length=context, engine_options=options or None
+            opts.model,
+            engine=engine,
+            context_length=context,
+            engine_options=options or None,
+            quantize=opts.quantize if gguf else None,
         )
     first = next(iter(models.values()))
     subjects: list[Subject] = [EngineSubject(m) for m in models.values()]
@@ -627,7 +634,7 @@ def _batch_reference(opts: BenchOptions, models: dict[str, Any]) -> Any:
         from chatforge.bench_subjects import PlainLlamaBatch
         from chatforge.engines.select import resolve_gguf
 
-        return PlainLlamaBatch(resolve_gguf(opts.model), opts.threads, max(opts.streams))
+        return PlainLlamaBatch(resolve_gguf(opts.model, opts.quantize), opts.threads, max(opts.streams))
     except (ImportError, ValueError, RuntimeError) as err:
         log.warning("no plain llama.cpp batch reference: %s", err)
         return None
@@ -645,16 +652,21 @@ def _references(opts: BenchOptions, models: dict[str, Any]) -> list[Subject]:
     try:
         from chatforge.engines.select import resolve_gguf
 
-        subjects.append(RawLlamaCpp(resolve_gguf(opts.model), opts.threads))
+        subjects.append(RawLlamaCpp(resolve_gguf(opts.model, opts.quantize), opts.threads))
     except (ImportError, ValueError) as err:
         log.warning("no plain llama.cpp reference: %s", err)
     return subjects
 
 
 def add_bench_command(sub: Any) -> None:
+    from chatforge.engines.select import GGUF_QUANTIZE
+
     p = sub.add_parser("bench", help="benchmark engines against plain transformers and llama.cpp")
     defaults = BenchOptions()
     p.add_argument("--model", default=defaults.model)
+    p.add_argument(
+        "--quantize", default=None, choices=GGUF_QUANTIZE, help="re-quantize the GGUF for llama.cpp"
+    )
     p.add_argument("--engines", default=",".join(defaults.engines), help="comma-separated chatforge engines")
     p.add_argument("--no-references", action="store_true", help="skip plain transformers / llama.cpp")
     p.add_argument("--runs", type=int, default=defaults.runs)
@@ -677,6 +689,7 @@ def add_bench_command(sub: Any) -> None:
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
         model=args.model,
+        quantize=args.quantize,
         engines=[e.strip() for e in args.engines.split(",") if e.strip()],
         references=not args.no_references,
         runs=args.runs,

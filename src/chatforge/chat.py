@@ -243,8 +243,9 @@ def load_model(
     ``engine`` is ``auto`` (chosen per model and hardware, see ``chatforge.engines.select``),
     ``transformers``, ``llama.cpp`` (GGUF files), ``hybrid`` (llama.cpp decoding a GGUF file,
     transformers prefilling in bf16) or ``remote`` (an OpenAI-compatible
-    ``remote_url``; ``ref`` then only supplies the tokenizer). ``quantize`` (int8/int4,
-    bitsandbytes, CUDA only) and ``device_map`` apply to transformers; ``engine_options``
+    ``remote_url``; ``ref`` then only supplies the tokenizer). ``quantize`` int8/int4
+    (bitsandbytes, CUDA only) and ``device_map`` apply to transformers, ``quantize``
+    q4_0/iq4_nl/q8_0 re-quantize a GGUF for the llama.cpp engines; ``engine_options``
     go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp,
     ``prefill_model`` for hybrid)."""
     from chatforge.engines.hf import TransformersEngine
@@ -271,6 +272,7 @@ def load_model(
             remote_model=remote_model,
             remote_api_key=remote_api_key,
             options=engine_options,
+            quantize=quantize if chosen in ("llama.cpp", "hybrid") else None,
         )
         return ChatModel(built.engine, get_template(template, built.tokenizer), name=built.name)
     source = resolve(ref)

@@ -33,6 +33,8 @@ OPTIONAL_COMMANDS: dict[str, str] = {
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    from chatforge.engines.select import GGUF_QUANTIZE, QUANTIZE
+
     g = p.add_argument_group("model")
     g.add_argument(
         "--model", default="default", help="'default' (embedded), a model directory or a .gguf file"
@@ -59,7 +61,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--remote-api-key", default=None, help="API key for --remote-url (default: $CHATFORGE_REMOTE_API_KEY)"
     )
     g.add_argument(
-        "--quantize", default=None, choices=["int8", "int4"], help="bitsandbytes quantization (CUDA only)"
+        "--quantize",
+        default=None,
+        choices=[*QUANTIZE, *GGUF_QUANTIZE],
+        help="int8/int4: bitsandbytes (transformers, CUDA only); q4_0/iq4_nl/q8_0: the GGUF re-quantized "
+        "once for llama.cpp (iq4_nl: more concurrent streams, a little lower quality; docs/engines.md)",
     )
     g.add_argument("--device-map", default=None, help="transformers device_map, e.g. 'auto' for several GPUs")
     g.add_argument(
@@ -141,7 +147,9 @@ def add_chat_command(sub: Any) -> None:
     p.add_argument(
         "--tools", action="append", default=[], metavar="MODULE:ATTR", help="load tools (repeatable)"
     )
-    p.add_argument("--workdir", default=None, help="code mode: where session files go (default ./chatforge-workspace)")
+    p.add_argument(
+        "--workdir", default=None, help="code mode: where session files go (default ./chatforge-workspace)"
+    )
     p.set_defaults(handler=run_chat)
 
 

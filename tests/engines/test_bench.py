@@ -4,6 +4,7 @@ against both raw references, and the report states the goals as ratios from the 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from chatforge.bench import BenchOptions, plot, report, run_bench
 
@@ -107,3 +108,45 @@ def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_e
         # Batched, a sequence's logits differ from decoding it alone in the last bits, which
         # can flip a near-tie after a few tokens (SmolLM2's "Name a colour." at the third).
         assert made[:2] == alone[:2]
+
+
+def test_bench_quantize_measures_the_requantized_gguf_everywhere(smollm_path, tmp_path, monkeypatch):
+    from chatforge import bench, bench_subjects, chat
+
+    need_llama_cpp()
+    monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path))
+    opened = []
+    load_model = chat.load_model
+
+    def loading(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        if hasattr(model.engine, "model_path"):  # not the plain transformers reference
+            opened.append(Path(model.engine.model_path))
+        return model
+
+    monkeypatch.setattr(chat, "load_model", loading)
+    for cls in (bench_subjects.RawLlamaCpp, bench_subjects.PlainLlamaBatch):
+        init = cls.__init__
+
+        def recording(self, path, *args, _init=init, **kwargs):
+            opened.append(path)
+            _init(self, path, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", recording)
+    opts = BenchOptions(
+        model=str(smollm_path),
+        quantize="q4_0",
+        engines=["llama.cpp"],
+        runs=1,
+        tokens=2,
+        prefill_tokens=0,
+        turns=0,
+        streams=[2],
+        stream_tokens=2,
+        server=False,
+        threads=1,
+    )
+    results = run_bench(opts)
+    made = list((tmp_path / "gguf").glob("*-q4_0-*.gguf"))
+    assert len(made) == 1 and opened == [made[0]] * 3  # the engine, plain Llama, the batch reference
+    assert "re-quantized to q4_0" in bench.report(results, opts)

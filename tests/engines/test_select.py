@@ -135,3 +135,31 @@ def test_load_model_with_a_remote_engine(llama_server, smollm_path):
     assert model.engine.name == "remote" and model.name == "smollm2"
     response, _ = model.chat("What is 2+2?", history=[], do_sample=False, max_new_tokens=20)
     assert "4" in response
+
+
+def test_gguf_quantize_picks_a_llama_cpp_engine_or_says_why(tmp_path, monkeypatch):
+    from chatforge.models import device
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    monkeypatch.setattr(select, "llama_cpp_available", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    # A GGUF weight type is for llama.cpp even where transformers would be chosen (a GPU).
+    assert choose_engine("default", device="cuda", quantize="iq4_nl") == "hybrid"
+    assert choose_engine(gguf, device="cpu", quantize="q4_0") == "llama.cpp"
+    assert choose_engine(gguf, "hybrid", quantize="q4_0", prefill_model=hf_dir) == "hybrid"
+    with pytest.raises(ValueError, match="use --engine llama.cpp or hybrid"):
+        choose_engine(gguf, "transformers", quantize="iq4_nl")
+    with pytest.raises(ValueError, match="re-quantizes a GGUF file, and .*'hf'.* is not one"):
+        choose_engine(hf_dir, quantize="iq4_nl")
+    monkeypatch.setattr(select, "llama_cpp_available", lambda: False)
+    with pytest.raises(ValueError, match="needs llama-cpp-python"):
+        choose_engine(gguf, quantize="q8_0")
+    # bitsandbytes types still mean transformers, and its error names the GGUF ones.
+    monkeypatch.setattr(select, "llama_cpp_available", lambda: True)
+    assert choose_engine(gguf, device="cpu", quantize="int8") == "transformers"
+    with pytest.raises(ValueError, match="or q4_0, iq4_nl, q8_0 with --engine llama.cpp or hybrid"):
+        quantization_config("iq4_nl", "cuda")

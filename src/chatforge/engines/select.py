@@ -3,6 +3,7 @@
 ``--engine auto`` picks, from what was measured (docs/benchmarks.md):
 
 * ``remote`` when a remote URL is given;
+* ``llama.cpp``/``hybrid`` (as below) when ``--quantize`` names a GGUF weight type;
 * ``transformers`` when an adapter is attached, weights are quantized with bitsandbytes,
   a device map is given, or the device is a GPU (its kernels beat llama.cpp's CPU path
   there, and adapters/training need the torch module);
@@ -14,8 +15,10 @@
   is installed: it decodes about twice as fast as transformers;
 * ``transformers`` otherwise.
 
-Quantization for transformers (``--quantize int8|int4``) uses bitsandbytes and needs CUDA;
-GGUF files carry their own quantization level, which llama.cpp uses as it is.
+Quantization for transformers (``--quantize int8|int4``) uses bitsandbytes and needs CUDA.
+GGUF files carry their own quantization level, which llama.cpp uses as it is, unless
+``--quantize q4_0|iq4_nl|q8_0`` asks for the file re-quantized (once, cached; see
+:func:`chatforge.models.gguf_export.requantized`).
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chatforge.models.gguf_export import REQUANTIZE_TYPES
+
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "transformers", "llama.cpp", "hybrid", "remote")
-QUANTIZE = ("int8", "int4")
+QUANTIZE = ("int8", "int4")  # bitsandbytes, for transformers
+GGUF_QUANTIZE = REQUANTIZE_TYPES  # llama.cpp re-quantizes the GGUF
 
 
 @dataclass
@@ -80,6 +86,8 @@ def choose_engine(
 ) -> str:
     """The engine to use for this model on this machine (see the module docstring)."""
     name = normalise_engine(engine)
+    if quantize in GGUF_QUANTIZE:
+        return _engine_for_gguf_quantize(ref, name, quantize, prefill_model)
     if name != "auto":
         return name
     if remote_url:
@@ -99,6 +107,22 @@ def choose_engine(
             return "hybrid"
         return "llama.cpp"
     return "transformers"
+
+
+def _engine_for_gguf_quantize(ref: str | Path, name: str, quantize: str, prefill_model: Any) -> str:
+    """The engine for a re-quantized GGUF: llama.cpp's or the hybrid; an error for others."""
+    if name not in ("auto", "llama.cpp", "hybrid"):
+        raise ValueError(
+            f"--quantize {quantize} re-quantizes a GGUF file for llama.cpp; use --engine llama.cpp or hybrid "
+            f"(not {name}), or --quantize int8|int4 for transformers on CUDA"
+        )
+    if gguf_for(ref) is None:
+        raise ValueError(f"--quantize {quantize} re-quantizes a GGUF file, and {str(ref)!r} is not one")
+    if not llama_cpp_available():
+        raise ValueError(f"--quantize {quantize} needs llama-cpp-python (make install builds it)")
+    if name != "auto":
+        return name
+    return "hybrid" if hybrid_fits(ref, prefill_model) else "llama.cpp"
 
 
 def hybrid_fits(ref: str | Path, prefill_model: str | Path | None = None) -> bool:
@@ -135,8 +159,10 @@ def build_engine(
     remote_model: str | None = None,
     remote_api_key: str | None = None,
     options: dict[str, Any] | None = None,
+    quantize: str | None = None,
 ) -> BuiltEngine:
-    """A llama.cpp or remote engine with the tokenizer of ``ref``."""
+    """A llama.cpp, hybrid or remote engine with the tokenizer of ``ref``; ``quantize`` (a
+    GGUF weight type) re-quantizes the GGUF file the llama.cpp engines decode with."""
     options = dict(options or {})
     if engine == "remote":
         from chatforge.engines.remote import RemoteEngine
@@ -168,7 +194,7 @@ def build_engine(
             )
         prefill = options.pop("prefill_model", None)
         prefill = prefill_weights(ref, prefill) if engine == "hybrid" else None
-        gguf = resolve_gguf(ref)
+        gguf = resolve_gguf(ref, quantize)
         tokenizer, name = load_tokenizer(ref)
         if engine == "hybrid":
             from chatforge.engines.hybrid import HybridEngine
@@ -180,7 +206,9 @@ def build_engine(
     raise ValueError(f"build_engine does not build {engine!r} engines")
 
 
-def resolve_gguf(ref: str | Path) -> Path:
+def resolve_gguf(ref: str | Path, quantize: str | None = None) -> Path:
+    """The GGUF file of ``ref`` (the default model assembled on first use), re-quantized
+    when ``quantize`` names a GGUF weight type."""
     gguf = gguf_for(ref)
     if gguf is None:
         raise ValueError(
@@ -190,8 +218,12 @@ def resolve_gguf(ref: str | Path) -> Path:
     if str(gguf) == "default":
         from chatforge.models.embedded import DEFAULT, assemble_gguf
 
-        return assemble_gguf(DEFAULT)
-    return gguf
+        gguf = assemble_gguf(DEFAULT)
+    if quantize is None:
+        return gguf
+    from chatforge.models.gguf_export import requantized
+
+    return requantized(gguf, quantize)
 
 
 def load_tokenizer(ref: str | Path) -> tuple[Any, str]:
@@ -217,15 +249,11 @@ def load_tokenizer(ref: str | Path) -> tuple[Any, str]:
 def gguf_tokenizer(gguf: Path) -> Any:
     """The tokenizer built from a GGUF file's metadata, cached: building it takes seconds,
     loading the saved copy milliseconds."""
-    import hashlib
-
     from transformers import AutoTokenizer
 
-    from chatforge.models.embedded import cache_dir
+    from chatforge.models.embedded import cache_dir, file_key
 
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{key}"
+    cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{file_key(gguf)}"
     if (cached / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(cached, local_files_only=True)
     log.info("reading the tokenizer of %s (once)", gguf.name)
@@ -243,14 +271,18 @@ def quantization_config(quantize: str | None, device: str | None) -> Any:
     if quantize is None:
         return None
     if quantize not in QUANTIZE:
-        raise ValueError(f"unknown quantization {quantize!r}; use int8 or int4 (GGUF files carry their own)")
+        raise ValueError(
+            f"unknown quantization {quantize!r} for transformers; use int8 or int4 (bitsandbytes, CUDA), "
+            f"or {', '.join(GGUF_QUANTIZE)} with --engine llama.cpp or hybrid"
+        )
     import torch
 
     dev = (device or "auto").lower()
     if dev.startswith("cpu") or dev == "mps" or not torch.cuda.is_available():
         raise ValueError(
             f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU; on CPU use a quantized "
-            "GGUF file with --engine llama.cpp (the default model is already Q4_K_M)"
+            "GGUF file with --engine llama.cpp (the default model is already Q4_K_M; --quantize iq4_nl "
+            "re-quantizes it)"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError(f"--quantize {quantize} needs bitsandbytes: pip install bitsandbytes")

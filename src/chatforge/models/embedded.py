@@ -54,6 +54,13 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "chatforge"
 
 
+def file_key(path: Path) -> str:
+    """A short key for a file's identity (resolved path, size, modification time), to name
+    what is derived from it in the cache."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 def model_dir(spec: EmbeddedModel = DEFAULT) -> Path:
     return cache_dir() / "models" / spec.name
 

@@ -5,7 +5,12 @@ tokenizer vocabulary and merges, chat template, special tokens) is copied as it 
 llama.cpp tokenizes and formats exactly as it did for the base. The weights come from the
 Hugging Face model, renamed to GGUF's tensor names (``gguf.TensorNameMap``), matrices as
 F16 and vectors as F32; llama.cpp's own quantizer (``llama_model_quantize``) then turns
-that into Q8_0 or Q4_K_M when asked.
+that into Q8_0, Q4_K_M, Q4_0 or IQ4_NL when asked.
+
+:func:`requantized` runs the same quantizer on an existing GGUF (``--quantize iq4_nl``):
+4-bit types whose weights llama.cpp repacks for the CPU's vector units decode several
+sequences together faster than the Q5_0 most of the default model's matrices hold, at a
+measured cost in perplexity (docs/benchmarks.md).
 
 Conversions to GGUF permute the rows of the query and key projections for models whose
 llama.cpp graph applies rotary embeddings to interleaved pairs (the llama family);
@@ -18,18 +23,27 @@ closer; when neither is, the model is not a fine-tune of that base and the expor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_0")
-_MATCH_TOLERANCE = 0.5  # relative difference to the base's layer-0 Q/K that still counts as "a fine-tune of it"
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_0", "iq4_nl")
+REQUANTIZE_TYPES = ("q4_0", "iq4_nl", "q8_0")  # what ``--quantize`` turns an existing GGUF into
+# Bits per weight of a matrix in each type (vectors stay F32): the expected size that the
+# quantizer's progress bar fills.
+_BITS = {"f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q4_k_m": 4.9, "q4_0": 4.5, "iq4_nl": 4.5}
+# The relative difference to the base's layer-0 Q/K that still counts as "a fine-tune of it".
+_MATCH_TOLERANCE = 0.5
 # Fields the writer sets itself, or that describe the template's quantization.
 _SKIP_FIELDS = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
 
@@ -41,7 +55,9 @@ class GGUFExportError(ValueError):
 def _llama_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
     """Rows of a Q or K projection reordered from rotate-half to interleaved pairs, per head."""
     rows = weight.shape[0]
-    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def _dequantized(tensor: Any) -> np.ndarray:
@@ -125,7 +141,9 @@ def write_gguf(
             data = np.asarray(tensor.data)  # quantized types: bytes, shaped (rows, bytes per row)
             writer.add_tensor(tensor.name, data, raw_shape=data.shape, raw_dtype=tensor.tensor_type)
     if missing:
-        log.info("kept %d tensors of the base GGUF the model has no weights for: %s", len(missing), missing[:5])
+        log.info(
+            "kept %d tensors of the base GGUF the model has no weights for: %s", len(missing), missing[:5]
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=progress)
@@ -158,13 +176,19 @@ def _choose_layout(renamed: dict[str, np.ndarray], base: dict[str, Any], heads: 
             f"the model's attention weights differ from the base GGUF's by {errors[best]:.0%}: "
             "it is not a fine-tune of that base (pass the GGUF of the model it was trained from)"
         )
-    log.info("GGUF layout: %s Q/K rows (difference to the base %.1f%%)",
-             "interleaved" if best else "rotate-half", 100 * errors[best])
+    log.info(
+        "GGUF layout: %s Q/K rows (difference to the base %.1f%%)",
+        "interleaved" if best else "rotate-half",
+        100 * errors[best],
+    )
     return best
 
 
-def quantize(source: Path, output: Path, gguf_type: str) -> Path:
-    """llama.cpp's quantizer: ``source`` (F16 GGUF) → ``output`` in ``gguf_type``."""
+def quantize(
+    source: Path, output: Path, gguf_type: str, *, requantize: bool = False, progress: bool = False
+) -> Path:
+    """llama.cpp's quantizer: ``source`` (F16 GGUF, or any GGUF with ``requantize``) →
+    ``output`` in ``gguf_type``."""
     from chatforge.engines.llamacpp import import_llama_cpp
 
     lib = import_llama_cpp()
@@ -176,14 +200,103 @@ def quantize(source: Path, output: Path, gguf_type: str) -> Path:
         "q8_0": lib.LLAMA_FTYPE_MOSTLY_Q8_0,
         "q4_k_m": lib.LLAMA_FTYPE_MOSTLY_Q4_K_M,
         "q4_0": lib.LLAMA_FTYPE_MOSTLY_Q4_0,
+        "iq4_nl": lib.LLAMA_FTYPE_MOSTLY_IQ4_NL,
     }
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftypes[gguf_type]
     params.nthread = 0
+    params.allow_requantize = requantize
     partial = output.with_name(f".{output.name}.partial")
-    status = lib.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
+    expected = _expected_size(source, gguf_type)
+    with (
+        _native_stderr_silenced() as stderr
+    ):  # llama.cpp warns once per tensor that falls back to another type
+        with _size_progress(partial, expected, f"quantizing to {gguf_type}", stderr if progress else None):
+            status = lib.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
     if status != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
         raise GGUFExportError(f"llama.cpp could not quantize {source.name} to {gguf_type} (status {status})")
     shutil.move(partial, output)
     return output
+
+
+def requantized(gguf_path: Path, gguf_type: str, progress: bool = True) -> Path:
+    """``gguf_path`` re-quantized to ``gguf_type`` by llama.cpp, once: the result is kept in
+    the cache directory, keyed by the source's path, size and modification time."""
+    from chatforge.models.embedded import cache_dir, file_key
+
+    if gguf_type not in REQUANTIZE_TYPES:
+        raise GGUFExportError(
+            f"--quantize {gguf_type!r}: a GGUF file can be re-quantized to {', '.join(REQUANTIZE_TYPES)}"
+        )
+    gguf_path = Path(gguf_path)
+    output = cache_dir() / "gguf" / f"{gguf_path.stem}-{gguf_type}-{file_key(gguf_path)}.gguf"
+    if output.exists():
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    log.info("re-quantizing %s to %s (once; kept as %s)", gguf_path.name, gguf_type, output)
+    return quantize(gguf_path, output, gguf_type, requantize=True, progress=progress)
+
+
+def _expected_size(source: Path, gguf_type: str) -> int:
+    import gguf
+
+    total = 0
+    for tensor in gguf.GGUFReader(str(source)).tensors:
+        n = int(tensor.n_elements)
+        # llama.cpp keeps the output layer at 6 bits or more when it quantizes to fewer
+        bits = max(_BITS[gguf_type], 8.5) if tensor.name == "output.weight" else _BITS[gguf_type]
+        total += int(n * bits / 8) if len(tensor.shape) >= 2 else 4 * n
+    return total
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[TextIO]:
+    """llama.cpp's messages kept out of the terminal while the body runs: file descriptor 2
+    sent to /dev/null, and ``sys.stderr`` too (llama-cpp-python's log callback prints its
+    warnings there). Yields a stream on the real stderr, for a progress bar."""
+    sys.stderr.flush()
+    real = sys.stderr
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    stream = open(saved, "w", closefd=False)  # noqa: SIM115 -- closed below, after the body
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- closed below, after the body
+    try:
+        yield stream if real is sys.__stderr__ else real
+    finally:
+        sys.stderr.close()
+        sys.stderr = real
+        stream.close()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _size_progress(path: Path, expected: int, desc: str, file: TextIO | None) -> Iterator[None]:
+    """A progress bar on ``file`` (none without one) that follows ``path`` growing towards
+    ``expected`` bytes while the body runs (llama.cpp's quantizer writes tensor by tensor
+    and reports nothing itself)."""
+    if file is None:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    done = threading.Event()
+    bar = tqdm(total=expected, desc=desc, unit="B", unit_scale=True, file=file)
+
+    def follow() -> None:
+        while not done.wait(0.5):
+            with contextlib.suppress(OSError):
+                bar.update(min(path.stat().st_size, expected) - bar.n)
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        bar.update(expected - bar.n)
+        bar.close()

@@ -108,14 +108,18 @@ def add_export_command(sub: Any) -> None:
     p.add_argument("--output", required=True, help="new directory for the merged model")
     p.add_argument("--base-model", default=None, help="base model (default: the one recorded at training)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument("--gguf", action="store_true", help="also write model-<type>.gguf for the llama.cpp engine")
+    p.add_argument(
+        "--gguf", action="store_true", help="also write model-<type>.gguf for the llama.cpp engine"
+    )
     p.add_argument(
         "--gguf-type",
         default="q4_k_m",
-        help="f16, bf16, q8_0, q4_k_m (default) or q4_0 (faster for many concurrent streams on CPU)",
+        help="f16, bf16, q8_0, q4_k_m (default), q4_0 or iq4_nl (faster for many concurrent streams on CPU)",
     )
     p.add_argument(
-        "--gguf-template", default=None, help="the base model's GGUF (default: the base itself when it is one)"
+        "--gguf-template",
+        default=None,
+        help="the base model's GGUF (default: the base itself when it is one)",
     )
     p.set_defaults(handler=run_export)
 
