@@ -18,6 +18,8 @@ import sys
 MODES = {
     "llama.cpp": {"engine": "llama.cpp", "context_length": 4096},
     "hybrid": {"engine": "hybrid", "context_length": 4096},
+    "llama.cpp iq4_nl": {"engine": "llama.cpp", "context_length": 4096, "quantize": "iq4_nl"},
+    "hybrid iq4_nl": {"engine": "hybrid", "context_length": 4096, "quantize": "iq4_nl"},
     "transformers-bf16": {"engine": "transformers", "dtype": "bfloat16"},
     "transformers-fp32": {"engine": "transformers", "dtype": "float32"},
     "transformers-int8 (CUDA)": {"engine": "transformers", "quantize": "int8", "device": "cuda"},

@@ -293,28 +293,26 @@ def test_prompts_arriving_together_are_prefilled_in_one_pass(hybrid, smollm_toke
         results[i] = run(hybrid, prompts[i], params)
 
     passes, tokens = hybrid.prefill_passes, hybrid.prefilled_tokens
-    hold = threading.Lock()
-    step = hybrid._step
-
-    def held_step():  # the worker waits until all three requests have arrived
-        with hold:
-            pass
-        return step()
-
-    hybrid._step = held_step
+    gate = threading.Event()
+    has_work = hybrid._has_work
+    # The worker sees no work until all three requests wait: it then admits them in one go
+    # (held later, at its step, it could already have taken the first one alone).
+    hybrid._has_work = lambda: gate.is_set() and has_work()
     try:
-        with hold:
-            threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-            for t in threads:
-                t.start()
-            deadline = time.monotonic() + 30
-            while len(hybrid._waiting) + len(hybrid._active) < len(prompts):
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(hybrid._waiting) < len(prompts):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with hybrid._cond:
+            gate.set()
+            hybrid._cond.notify_all()
         for t in threads:
             t.join(timeout=120)
     finally:
-        del hybrid._step
+        del hybrid._has_work
         hybrid.share_prefixes = True
     assert hybrid.prefill_passes - passes == 1
     assert hybrid.prefilled_tokens - tokens == sum(len(p) for p in prompts)

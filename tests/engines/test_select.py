@@ -153,7 +153,7 @@ def test_gguf_quantize_picks_a_llama_cpp_engine_or_says_why(tmp_path, monkeypatc
     assert choose_engine(gguf, "hybrid", quantize="q4_0", prefill_model=hf_dir) == "hybrid"
     with pytest.raises(ValueError, match="use --engine llama.cpp or hybrid"):
         choose_engine(gguf, "transformers", quantize="iq4_nl")
-    with pytest.raises(ValueError, match="re-quantizes a GGUF file, and .*'hf'.* is not one"):
+    with pytest.raises(ValueError, match="re-quantizes a GGUF file, and '.*hf' is not one"):
         choose_engine(hf_dir, quantize="iq4_nl")
     monkeypatch.setattr(select, "llama_cpp_available", lambda: False)
     with pytest.raises(ValueError, match="needs llama-cpp-python"):
