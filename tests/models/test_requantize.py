@@ -84,3 +84,19 @@ def test_load_model_decodes_with_the_requantized_file(smollm, tmp_path, monkeypa
         assert "Paris" in text, text
     finally:
         model.engine.close()
+
+
+def test_iq4_nl_quantizes_the_output_layer_too(smollm, tmp_path, monkeypatch):
+    """llama.cpp keeps the output layer (SmolLM2's tied token_embd) at 8 bits for Q4_0; IQ4_NL
+    puts it in IQ4_NL too, as chatforge asks (the layer is a third of each step's bytes)."""
+    import gguf
+
+    monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path))
+
+    def output_type(path: Path) -> str:
+        return next(
+            t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight"
+        )
+
+    assert output_type(requantized(smollm, "q4_0", progress=False)) == "Q8_0"
+    assert output_type(requantized(smollm, "iq4_nl", progress=False)) == "IQ4_NL"
