@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8000
+SERVE_ARGS ?=  # more `chatforge serve` options, e.g. SERVE_ARGS="--quantize iq4_nl"
 PYTEST_ARGS ?=
 
 .PHONY: run test install model lint clean
@@ -43,7 +44,7 @@ model: install
 	$(VENV)/bin/chatforge model fetch
 
 run: model
-	$(VENV)/bin/chatforge serve --model default --host $(HOST) --port $(PORT)
+	$(VENV)/bin/chatforge serve --model default --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: $(VENV)/.installed-test
 	bash scripts/test-setup.sh $(VENV)
