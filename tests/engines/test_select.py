@@ -15,14 +15,21 @@ def test_explicit_engines_and_aliases():
         normalise_engine("vllm")
 
 
-def test_auto_choice(tmp_path, monkeypatch):
-    from chatforge.models import device
-
+@pytest.fixture
+def model_files(tmp_path):
+    """A (stand-in) GGUF file and a Hugging Face directory: the choice reads only their form."""
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     (hf_dir / "config.json").write_text("{}")
+    return gguf, hf_dir
+
+
+def test_auto_choice(model_files, monkeypatch):
+    from chatforge.models import device
+
+    gguf, hf_dir = model_files
     monkeypatch.setattr(select, "llama_cpp_available", lambda: True)
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
     assert choose_engine(gguf, device="cpu") == "llama.cpp"
@@ -137,14 +144,10 @@ def test_load_model_with_a_remote_engine(llama_server, smollm_path):
     assert "4" in response
 
 
-def test_gguf_quantize_picks_a_llama_cpp_engine_or_says_why(tmp_path, monkeypatch):
+def test_gguf_quantize_picks_a_llama_cpp_engine_or_says_why(model_files, monkeypatch):
     from chatforge.models import device
 
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"GGUF")
-    hf_dir = tmp_path / "hf"
-    hf_dir.mkdir()
-    (hf_dir / "config.json").write_text("{}")
+    gguf, hf_dir = model_files
     monkeypatch.setattr(select, "llama_cpp_available", lambda: True)
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
     # A GGUF weight type is for llama.cpp even where transformers would be chosen (a GPU).

@@ -213,11 +213,10 @@ def quantize(
     params.allow_requantize = requantize
     if gguf_type in _OUTPUT_LIKE_BODY:
         params.output_tensor_type = getattr(lib, f"GGML_TYPE_{gguf_type.upper()}")
-    partial = output.with_name(f".{output.name}.partial")
+    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")  # two processes may run at once
     expected = _expected_size(source, gguf_type)
-    with (
-        _native_stderr_silenced() as stderr
-    ):  # llama.cpp warns once per tensor that falls back to another type
+    # llama.cpp warns once per tensor that falls back to another type: kept off the terminal.
+    with _native_stderr_silenced() as stderr:
         with _size_progress(partial, expected, f"quantizing to {gguf_type}", stderr if progress else None):
             status = lib.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
     if status != 0 or not partial.exists():
