@@ -60,8 +60,8 @@ def decode_speed(path: Path, threads: int | None, streams: int, tokens: int) -> 
     try:
         prompts = [[1000 + 7 * s + i for i in range(24)] for s in range(streams)]
         batch.run(prompts, 4)  # warm-up
-        started = batch.run(prompts, tokens)
-        return started["aggregate_tps"]
+        result = batch.run(prompts, tokens)
+        return result["aggregate_tps"]
     finally:
         batch.close()
 
