@@ -238,9 +238,10 @@ def test_a_step_over_sequences_out_of_order_gives_each_request_its_own_logits(
     def step(pairs):
         for sequence, _ in pairs:
             engine._clear(sequence)
-        return engine._forward(
+        rows = engine._forward(
             [Work(types.SimpleNamespace(slot=sequence, finished=False), list(ids), logits=True) for sequence, ids in pairs]
         )
+        return [row.copy() for row in rows]  # views into llama.cpp's buffer until the next pass
 
     alone = [step([(high, prompts[0])])[0], step([(low, prompts[1])])[0]]
     together = step([(high, prompts[0]), (low, prompts[1])])  # given high first

@@ -317,7 +317,9 @@ class BatchingEngine(Engine):
 
     @abstractmethod
     def _forward(self, work: list[Work]) -> list[np.ndarray | None]:
-        """Run the step; the last position's logits (float32, vocab) for each item that wants them."""
+        """Run the step; the last position's logits (float32, vocab) for each item that wants them.
+        The rows may be views that the next forward pass overwrites: the worker samples from
+        them before it runs another."""
 
     @abstractmethod
     def _release(self, request: Request, keep: int) -> None:
