@@ -145,29 +145,16 @@ def test_real_server_behind_the_chat_api(llama_server, smollm_tokenizer):
 @pytest.fixture()
 def chatforge_server(tiny_chat):
     """``chatforge serve``'s app on loopback, serving the tiny model."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     try:
         from chatforge.serve.app import create_app
         from chatforge.serve.settings import ServeSettings
     except ImportError as err:
         pytest.skip(f"chatforge's server is not part of this build: {err}")
-    import socket
+    from loopback import serving
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(tiny_chat, ServeSettings(ui=False)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(tiny_chat, ServeSettings(ui=False))) as url:
+        yield f"{url}/v1"
 
 
 def test_another_chatforge_as_the_upstream(chatforge_server, tiny_chat, tiny_tokenizer):

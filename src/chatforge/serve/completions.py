@@ -150,14 +150,11 @@ class Runner:
 
     async def items(self, job: Job, deadline: float) -> AsyncIterator[Any]:
         """The job's items until it ends; a 504 once the deadline passes (the job is cancelled)."""
-        events = job.events()
+        events = job.events(deadline)
         try:
             while True:
-                remaining = deadline - time.monotonic()
                 try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    item = await asyncio.wait_for(anext(events), remaining)
+                    item = await anext(events)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:

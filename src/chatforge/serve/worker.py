@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _END = object()
+_TIMEOUT = object()
 
 
 class QueueFullError(RuntimeError):
@@ -41,15 +43,29 @@ class Job:
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             self.cancel.set()
 
-    async def events(self) -> AsyncIterator[Any]:
-        """The job's items; re-raises what the job raised."""
-        while True:
-            item = await self.items.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    async def events(self, deadline: float | None = None) -> AsyncIterator[Any]:
+        """The job's items; re-raises what the job raised, and raises :class:`TimeoutError`
+        once ``deadline`` (``time.monotonic()``) has passed."""
+        timer = None
+        if deadline is not None:
+            # One timer for the whole job rather than ``asyncio.wait_for`` on each item,
+            # which makes a task per token (15 µs against the item's 0.4 µs).
+            timer = self.loop.call_later(
+                max(0.0, deadline - time.monotonic()), self.items.put_nowait, _TIMEOUT
+            )
+        try:
+            while True:
+                item = await self.items.get()
+                if item is _END:
+                    return
+                if item is _TIMEOUT:
+                    raise TimeoutError
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 class GenerationWorker:
