@@ -26,6 +26,8 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatforge.bench_client import run_streams
+from chatforge.bench_report import goals, plot, report  # noqa: F401 - part of this module's API
 from chatforge.bench_subjects import EngineSubject, RawLlamaCpp, RawTransformers, Subject, uncached
 
 log = logging.getLogger(__name__)
@@ -194,46 +198,6 @@ def measure_turns(model: Any, opts: BenchOptions) -> dict[str, list[float]]:
     return {f"{engine.name} reuse": reuse, f"{engine.name} recompute": recompute}
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, Any]:
-    """Start ``n`` requests together; aggregate tokens/s and latency percentiles."""
-    results: list[tuple[int, float]] = [(0, 0.0)] * n
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = one(i)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {n} streams failed: {errors[0]}")
-    tokens = sum(r[0] for r in results)
-    latencies = [r[1] for r in results]
-    return {
-        "streams": n,
-        "tokens": tokens,
-        "wall_s": wall,
-        "aggregate_tps": tokens / wall,
-        "p50_s": _percentile(latencies, 0.5),
-        "p95_s": _percentile(latencies, 0.95),
-    }
-
-
 def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> list[dict[str, Any]]:
     """Each stream count on the engine directly and through the HTTP server (and on
     ``reference``, plain llama.cpp's batch API, when given), taking turns run by run
@@ -243,20 +207,24 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
 
     params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
 
-    def direct(text: str) -> tuple[int, float]:
+    def direct_one(text: str) -> tuple[int, float]:
         ids = chat_prompt(model, text)
         started = time.perf_counter()
         chunks = list(model.engine.stream(ids, params))
         return chunks[-1].stats.completion_tokens, time.perf_counter() - started
 
-    paths: dict[str, Callable[[str], tuple[int, float]] | None] = {
-        f"{model.engine.name} engine directly": direct
-    }
+    def direct(texts: list[str]) -> dict[str, Any]:
+        return run_streams(len(texts), lambda i: direct_one(texts[i]))
+
+    def batch_api(texts: list[str]) -> dict[str, Any]:
+        return reference.run([chat_prompt(model, text) for text in texts], opts.stream_tokens)
+
+    paths: dict[str, Callable[[list[str]], dict[str, Any]]] = {f"{model.engine.name} engine directly": direct}
     with _server(model, opts) as served:
         if served is not None:
             paths[f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"] = served
         if reference is not None:
-            paths[reference.name] = None
+            paths[reference.name] = batch_api
         rows = []
         fresh = itertools.count(1)
         for n in opts.streams:
@@ -265,33 +233,33 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
                 # Every other round in reverse (A B C, C B A, ...): a machine that speeds up
                 # or slows down during a round favours no path.
                 order = list(paths.items())
-                for path, one in order[::-1] if round_ % 2 else order:
+                for path, run in order[::-1] if round_ % 2 else order:
                     # A prompt no stream has sent before (only the template's system prompt
                     # is common, as among users of one server): a cached prefix from an
                     # earlier run must not count as speed.
                     tag = next(fresh)
-                    texts = [f"[{tag}.{i}] {STORY}" for i in range(n)]
-                    if one is None:
-                        prompts = [chat_prompt(model, text) for text in texts]
-                        runs[path].append(reference.run(prompts, opts.stream_tokens))
-                    else:
-                        runs[path].append(run_streams(n, lambda i, one=one, texts=texts: one(texts[i])))
+                    runs[path].append(run([f"[{tag}.{i}] {STORY}" for i in range(n)]))
                     log.info("%s, %d streams: %.1f tok/s", path, n, runs[path][-1]["aggregate_tps"])
             for path, measured in runs.items():
-                row = {key: statistics.median(r[key] for r in measured) for key in measured[0]}
+                row = {
+                    key: statistics.median(r[key] for r in measured)
+                    for key in measured[0]
+                    if key != "client_pid"
+                }
                 row.update(streams=n, path=path, runs_tps=[r["aggregate_tps"] for r in measured])
                 rows.append(row)
     return rows
 
 
 @contextlib.contextmanager
-def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[str], tuple[int, float]] | None]:
-    """chatforge's OpenAI-compatible server on loopback, and one streamed request through it."""
+def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[list[str]], dict[str, Any]] | None]:
+    """chatforge's OpenAI-compatible server on loopback, and a run of streamed requests
+    through it from a client process (:mod:`chatforge.bench_client`)."""
     if not opts.server:
         yield None
         return
     try:
-        import httpx
+        import httpx  # noqa: F401 - the client process needs it
         import uvicorn
 
         from chatforge.serve.app import create_app
@@ -313,35 +281,22 @@ def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[str], tuple[in
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    # One client for all requests, as an application keeps its OpenAI client: a client per
-    # request would build a TLS context each time (tens of ms of CPU in this process).
-    workers_limit = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    client = httpx.Client(timeout=600, limits=workers_limit)
-
-    def one(text: str) -> tuple[int, float]:
-        body = {
-            "model": "default",
-            "messages": [{"role": "user", "content": text}],
-            "max_tokens": opts.stream_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        started = time.perf_counter()
-        tokens = 0
-        with client.stream("POST", url, json=body) as response:
-            response.raise_for_status()
-            for line in response.iter_lines():
-                if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                    usage = json.loads(line[5:]).get("usage")
-                    if usage:
-                        tokens = usage.get("completion_tokens", tokens)
-        return tokens, time.perf_counter() - started
+    def served(texts: list[str]) -> dict[str, Any]:
+        spec = {"url": url, "texts": texts, "max_tokens": opts.stream_tokens}
+        done = subprocess.run(
+            [sys.executable, "-m", "chatforge.bench_client"],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the streams' client process failed: {done.stderr.strip()[-2000:]}")
+        return json.loads(done.stdout)
 
     try:
-        yield one
+        yield served
     finally:
-        client.close()
         server.should_exit = True
         thread.join(timeout=10)
 
@@ -363,224 +318,6 @@ def machine_info(threads: int | None) -> dict[str, Any]:
         "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-
-
-def report(results: Results, opts: BenchOptions) -> str:
-    m = results.machine
-    lines = [
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores; load average {m.get('load_before')} before, "
-        f"{m.get('load_after')} after; {m.get('when')}.",
-        f"Model: {opts.model}{f' (GGUF re-quantized to {opts.quantize})' if opts.quantize else ''}; "
-        f"greedy; median of {opts.runs} runs.",
-        "",
-    ]
-    if results.single:
-        lines += [
-            f"### Single stream ({results.single[0]['prompt_tokens']}-token prompt, {opts.tokens} new tokens)",
-            "",
-            "| engine | decode tokens/s | TTFT ms | runs (tokens/s) |",
-            "| --- | ---: | ---: | --- |",
-        ]
-        for r in results.single:
-            runs = ", ".join(f"{x:.1f}" for x in r["decode_runs"])
-            lines.append(f"| {r['subject']} | {r['decode_tps']:.1f} | {r['ttft_ms']:.0f} | {runs} |")
-        lines.append("")
-    if results.prefill:
-        lines += [
-            f"### Prefill ({results.prefill[0]['tokens']}-token prompt, nothing cached)",
-            "",
-            "| engine | tokens/s | seconds |",
-            "| --- | ---: | ---: |",
-        ]
-        lines += [f"| {r['subject']} | {r['tps']:.0f} | {r['seconds']:.2f} |" for r in results.prefill]
-        lines.append("")
-    if results.turns:
-        names = list(results.turns)
-        lines += [
-            f"### {opts.turns}-turn conversation: TTFT per turn (ms)",
-            "",
-            "| turn | " + " | ".join(names) + " |",
-            "| ---: | " + " | ".join("---:" for _ in names) + " |",
-        ]
-        for i in range(opts.turns):
-            lines.append(f"| {i + 1} | " + " | ".join(f"{results.turns[n][i]:.0f}" for n in names) + " |")
-        lines.append("")
-    if results.streams:
-        lines += [
-            f"### Concurrent streams ({opts.stream_tokens} tokens each)",
-            "",
-            "| path | streams | aggregate tokens/s | p50 latency s | p95 latency s | runs (tokens/s) |",
-            "| --- | ---: | ---: | ---: | ---: | --- |",
-        ]
-        lines += [
-            f"| {r['path']} | {r['streams']} | {r['aggregate_tps']:.1f} | {r['p50_s']:.1f} | {r['p95_s']:.1f} "
-            f"| {', '.join(f'{x:.1f}' for x in r.get('runs_tps', []))} |"
-            for r in results.streams
-        ]
-        lines.append("")
-    lines += goals(results, opts)
-    return "\n".join(lines)
-
-
-def goals(results: Results, opts: BenchOptions) -> list[str]:
-    """The issue's goals as ratios within this run, for the first engine measured."""
-    if not opts.engines:
-        return []
-    engine = opts.engines[0]
-    me = f"chatforge {engine}"
-
-    def find(rows: list[dict[str, Any]], start: str, key: str) -> Any:
-        return next((r.get(key) for r in rows if r["subject"].startswith(start)), None)
-
-    checks: list[tuple[str, float | None, str, str, str]] = []
-
-    def ratio(
-        label: str,
-        a: float | None,
-        b: float | None,
-        goal: float,
-        higher: bool = True,
-        rounds: tuple[list[float] | None, list[float] | None] = (None, None),
-    ) -> None:
-        value = a / b if a is not None and b else None
-        per_round = [x / y for x, y in zip(*rounds) if y] if all(rounds) else []
-        checks.append(
-            (
-                label,
-                value,
-                f"{'≥' if higher else '≤'} {goal:g}",
-                verdict(value, goal, higher, per_round),
-                ", ".join(f"{r:.2f}" for r in per_round),
-            )
-        )
-
-    def verdict(value: float | None, goal: float, higher: bool, per_round: list[float]) -> str:
-        if value is None:
-            return "—"
-        if value >= goal if higher else value <= goal:
-            return "yes"
-        # Subjects take turns round by round: rounds on both sides of the goal mean the
-        # medians differ by less than the run-to-run noise.
-        if higher and any(r >= goal for r in per_round) and value >= 0.97 * goal:
-            return "parity (within noise)"
-        return "no"
-
-    against = (  # (label, rows, median key, runs key, reference, goal)
-        ("decode vs plain llama.cpp", results.single, "decode_tps", "decode_runs", "plain llama_cpp", 1.0),
-        (
-            "decode vs plain transformers generate",
-            results.single,
-            "decode_tps",
-            "decode_runs",
-            "plain transformers",
-            2.0,
-        ),
-        ("prefill vs plain transformers", results.prefill, "tps", "tps_runs", "plain transformers", 1.0),
-    )
-    for label, rows, key, runs, reference, goal in against:
-        ratio(
-            label,
-            find(rows, me, key),
-            find(rows, reference, key),
-            goal,
-            rounds=(find(rows, me, runs), find(rows, reference, runs)),
-        )
-    reuse = results.turns.get(f"{engine} reuse")
-    if reuse and len(reuse) >= 2:
-        ratio(f"turn-{len(reuse)} TTFT / turn-1 TTFT", reuse[-1], reuse[0], 1.2, higher=False)
-    served = {r["streams"]: r for r in results.streams if r["path"].startswith(f"HTTP server -> {engine} ")}
-    direct = {r["streams"]: r for r in results.streams if r["path"] == f"{engine} engine directly"}
-    if 4 in served:
-        value = served[4]["aggregate_tps"]
-        runs = served[4].get("runs_tps", [])
-        checks.append(
-            (
-                "4 streams through the server, tokens/s",
-                value,
-                "≥ 64",
-                "yes" if value >= 64 else "no",
-                ", ".join(f"{r:.1f}" for r in runs),
-            )
-        )
-    plain = {r["streams"]: r for r in results.streams if r["path"].startswith("plain llama.cpp batch")}
-    if 4 in served and 4 in plain:
-        pairs = zip(served[4].get("runs_tps", []), plain[4].get("runs_tps", []))
-        checks.append(
-            (
-                "4 streams through the server / plain llama.cpp batch API",
-                served[4]["aggregate_tps"] / plain[4]["aggregate_tps"],
-                "(context)",
-                "",
-                ", ".join(f"{a / b:.2f}" for a, b in pairs if b),
-            )
-        )
-    for n in sorted(set(served) & set(direct)):
-        overhead = 1 - served[n]["aggregate_tps"] / direct[n]["aggregate_tps"]
-        pairs = zip(served[n].get("runs_tps", []), direct[n].get("runs_tps", []))
-        per_round = [1 - a / b for a, b in pairs if b]
-        checks.append(
-            (
-                f"server overhead at {n} stream(s)",
-                overhead,
-                "≤ 0.05",
-                "yes" if overhead <= 0.05 else "no",
-                ", ".join(f"{r:.2f}" for r in per_round),
-            )
-        )
-    if not checks:
-        return []
-    lines = [
-        f"### Goals ({me})",
-        "",
-        "| measure | value (medians) | goal | met | round by round |",
-        "| --- | ---: | ---: | :---: | --- |",
-    ]
-    for label, value, goal, met, rounds in checks:
-        shown = "—" if value is None else f"{value:.2f}"
-        lines.append(f"| {label} | {shown} | {goal} | {met} | {rounds} |")
-    lines.append("")
-    return lines
-
-
-def plot(results: Results, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [p for p in ("single", "prefill", "turns", "streams") if getattr(results, p)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        if panel == "single":
-            names = [r["subject"].replace("plain ", "").replace("chatforge ", "cf ") for r in results.single]
-            ax.barh(names, [r["decode_tps"] for r in results.single], color="tab:blue")
-            ax.set_xlabel("decode tokens/s (single stream)")
-        elif panel == "prefill":
-            names = [r["subject"].replace("plain ", "").replace("chatforge ", "cf ") for r in results.prefill]
-            ax.barh(names, [r["tps"] for r in results.prefill], color="tab:orange")
-            ax.set_xlabel(f"prefill tokens/s ({results.prefill[0]['tokens']} tokens)")
-        elif panel == "turns":
-            for name, values in results.turns.items():
-                ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-            ax.set_xlabel("turn")
-            ax.set_ylabel("TTFT ms")
-            ax.legend(fontsize=8)
-        else:
-            for path_name in dict.fromkeys(r["path"] for r in results.streams):
-                rows = [r for r in results.streams if r["path"] == path_name]
-                ax.plot(
-                    [r["streams"] for r in rows],
-                    [r["aggregate_tps"] for r in rows],
-                    marker="o",
-                    label=path_name,
-                )
-            ax.set_xlabel("concurrent streams")
-            ax.set_ylabel("aggregate tokens/s")
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # -- running ----------------------------------------------------------------------------------

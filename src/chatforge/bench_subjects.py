@@ -178,7 +178,7 @@ class PlainLlamaBatch:
 
     def run(self, prompts: list[list[int]], tokens: int) -> dict[str, Any]:
         """Answer ``prompts`` together, ``tokens`` new tokens each; the same figures as
-        :func:`chatforge.bench.run_streams` (every stream ends with the last step)."""
+        :func:`chatforge.bench_client.run_streams` (every stream ends with the last step)."""
         if len(prompts) > self.n_seq:
             raise ValueError(f"{len(prompts)} prompts for {self.n_seq} sequences")
         self.lib.llama_memory_clear(self.memory, True)

@@ -12,17 +12,7 @@ from .conftest import need_llama_cpp
 
 
 def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_path, monkeypatch):
-    import httpx
-
     need_llama_cpp()
-    clients = []
-    init = httpx.Client.__init__
-
-    def counted(self, *args, **kwargs):  # the server's requests share one client, as an app's do
-        clients.append(self)
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(httpx.Client, "__init__", counted)
     opts = BenchOptions(
         model=str(smollm_path),
         engines=["llama.cpp"],
@@ -45,7 +35,6 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
     paths = {(r["path"].split(" ")[0], r["streams"]) for r in results.streams}
     assert paths == {(first, n) for first in ("llama.cpp", "HTTP", "plain") for n in (1, 2)}
     assert all(r["tokens"] == 4 * r["streams"] for r in results.streams)
-    assert len(clients) == 1  # 3 requests: building a client per request would cost CPU mid-run
     text = report(results, opts)
     assert "### Goals (chatforge llama.cpp)" in text
     for label in (
@@ -150,3 +139,55 @@ def test_bench_quantize_measures_the_requantized_gguf_everywhere(smollm_path, tm
     made = list((tmp_path / "gguf").glob("*-q4_0-*.gguf"))
     assert len(made) == 1 and opened == [made[0]] * 3  # the engine, plain Llama, the batch reference
     assert "re-quantized to q4_0" in bench.report(results, opts)
+
+
+def test_stream_clients_run_in_a_process_of_their_own_on_one_client(smollm_path, monkeypatch):
+    """The served streams' clients are another process (as an application calling the server
+    is), so their parsing is not counted as the server's overhead; its requests share one
+    HTTP client, as an application keeps its OpenAI client."""
+    import io
+    import json
+    import os
+    import subprocess
+
+    import httpx
+
+    from chatforge import bench, bench_client
+    from chatforge.chat import load_model
+
+    need_llama_cpp()
+    model = load_model(
+        str(smollm_path),
+        engine="llama.cpp",
+        context_length=1024,
+        engine_options={"n_parallel": 3, "n_threads": 1},
+    )
+    specs = []
+    run = subprocess.run
+
+    def recording(*args, **kwargs):
+        specs.append(json.loads(kwargs["input"]))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(bench.subprocess, "run", recording)
+    texts = ["Name a colour.", "What is 2 + 2?", "Say hello."]
+    try:
+        with bench._server(model, BenchOptions(streams=[3], stream_tokens=4)) as served:
+            result = served(texts)
+            assert result["streams"] == 3 and result["tokens"] == 12
+            assert result["client_pid"] != os.getpid()
+
+            clients = []
+            init = httpx.Client.__init__
+
+            def counted(self, *args, **kwargs):
+                clients.append(self)
+                init(self, *args, **kwargs)
+
+            monkeypatch.setattr(httpx.Client, "__init__", counted)
+            monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(specs[0])))
+            monkeypatch.setattr("sys.stdout", out := io.StringIO())
+            assert bench_client.main() == 0
+            assert json.loads(out.getvalue())["tokens"] == 12 and len(clients) == 1
+    finally:
+        model.engine.close()
