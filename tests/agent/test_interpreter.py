@@ -264,15 +264,15 @@ def test_config_is_validated():
 
 
 def test_missing_landlock_protections_are_logged_once(caplog):
-    from chatforge.agent import kernel_session
+    from chatforge.agent import kernel_launch
     from chatforge.agent.landlock import LandlockReport
 
     report = LandlockReport(abi=3, filesystem=True, notes=("TCP restrictions need Landlock ABI 4",))
     config = InterpreterConfig()
-    kernel_session._WARNED_UNCONFINED.discard(("abstract_unix_sockets", "signals", "tcp_connect"))
+    kernel_launch._WARNED_UNCONFINED.discard(("abstract_unix_sockets", "signals", "tcp_connect"))
     with caplog.at_level("WARNING", logger="chatforge.agent.interpreter"):
-        kernel_session._warn_if_unconfined(report, config)
-        kernel_session._warn_if_unconfined(report, config)
+        kernel_launch.warn_if_unconfined(report, config)
+        kernel_launch.warn_if_unconfined(report, config)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "signals, tcp_connect" in warnings[0] and "os.kill(os.getppid(), 9)" in warnings[0]

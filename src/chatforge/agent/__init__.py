@@ -2,7 +2,8 @@
 
 Public names are re-exported here; see `tools` (with `tool_definition`, `tool_schema`,
 `tool_arguments`, `tool_execution`, `tool_results`, `tool_errors` and `tool_registry`),
-`builtin_tools`, `interpreter` (with `kernel_session`, `outputs` and `interpreter_config`),
+`builtin_tools`, `interpreter` (with `kernel_session`, `kernel_launch`, `session_files`, `outputs` and
+`interpreter_config`),
 `loop`, `sandbox` and `landlock` for what each module owns.
 """
 

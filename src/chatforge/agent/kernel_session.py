@@ -1,17 +1,17 @@
 """One code-interpreter session: its Jupyter kernel and its working directory.
 
 `InterpreterSession` starts a real ``ipykernel`` through ``jupyter_client`` under the
-launcher of `chatforge.agent.sandbox` (resource limits, dropped capabilities, Landlock),
+launcher of `chatforge.agent.sandbox` (resource limits, dropped capabilities, Landlock;
+the kernel manager, environment and policy come from `chatforge.agent.kernel_launch`),
 runs code in it with a wall-clock timeout (interrupt, then restart), reports kernel
-deaths, and handles the session's files (upload, read, listing). Sessions are created
-and reaped by `chatforge.agent.interpreter.CodeInterpreter`.
+deaths, and handles the session's files (upload, read, listing; `chatforge.agent.session_files`).
+Sessions are created and reaped by `chatforge.agent.interpreter.CodeInterpreter`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import re
 import shutil
@@ -19,16 +19,24 @@ import signal
 import threading
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from .interpreter_config import THREAD_ENV_VARS, InterpreterConfig
-from .landlock import LandlockPolicy, LandlockReport
-from .outputs import ErrorOutput, ExecutionResult, FileInfo, NoticeOutput, OutputCollector, strip_ansi
-from .sandbox import SandboxReport, kernel_command
+from .interpreter_config import InterpreterConfig
+from .kernel_launch import (
+    kernel_environment,
+    kernel_pid,
+    kill_process_group,
+    landlock_policy,
+    output_tail,
+    sandboxed_kernel_manager,
+    warn_if_unconfined,
+)
+from .outputs import ErrorOutput, ExecutionResult, NoticeOutput, OutputCollector, strip_ansi
+from .sandbox import SandboxReport
+from .session_files import SessionFiles
 
 __all__ = ["InterpreterError", "InterpreterSession", "KernelStartError"]
 
@@ -36,11 +44,6 @@ __all__ = ["InterpreterError", "InterpreterSession", "KernelStartError"]
 logger = logging.getLogger("chatforge.agent.interpreter")
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-_KERNEL_NAME = "chatforge-sandbox"
-# Unix socket paths are limited to ~107 bytes; leave room for the "-<port>" suffix.
-_MAX_IPC_PATH = 96
-# Warnings about missing Landlock protections already logged (once per process is enough).
-_WARNED_UNCONFINED: set[tuple[str, ...]] = set()
 
 
 class InterpreterError(RuntimeError):
@@ -51,21 +54,7 @@ class KernelStartError(InterpreterError):
     """A kernel could not be started."""
 
 
-class _SandboxKernelSpecs(KernelSpecManager):
-    """Serves one programmatic kernel spec, so that no ``ipython kernel install`` is needed."""
-
-    def __init__(self, spec: KernelSpec, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._spec = spec
-
-    def find_kernel_specs(self) -> dict[str, str]:
-        return {_KERNEL_NAME: ""}
-
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        return self._spec
-
-
-class InterpreterSession:
+class InterpreterSession(SessionFiles):
     """One session's kernel and working directory.
 
     Created by `CodeInterpreter.session`; the kernel starts on first use. Executions in
@@ -108,7 +97,7 @@ class InterpreterSession:
     @property
     def kernel_pid(self) -> int | None:
         """Process id of the kernel (also its process group id), or None if not running."""
-        return _kernel_pid(self._manager)
+        return kernel_pid(self._manager)
 
     def is_alive(self) -> bool:
         return self._manager is not None and self._manager.is_alive()
@@ -150,83 +139,23 @@ class InterpreterSession:
         # Outside the kernel's writable paths, so code in the kernel cannot rewrite it.
         return self._runtime_dir / f"{safe_dirname(self.session_id)}.sandbox.json"
 
-    def _environment(self) -> dict[str, str]:
-        env = {name: os.environ[name] for name in self.config.env_passthrough if name in os.environ}
-        private = self._private_dir
-        env.update(
-            {
-                # The inline backend renders with Agg (no display needed) and sends figures
-                # as image/png display data, both for plt.show() and at the end of a cell.
-                "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-                # Keep the user's IPython and Jupyter profiles (startup scripts, config) out of
-                # the sandbox, and give caches a place the kernel may write to.
-                "IPYTHONDIR": str(private / "ipython"),
-                "JUPYTER_CONFIG_DIR": str(private / "jupyter"),
-                "JUPYTER_DATA_DIR": str(private / "jupyter"),
-                "MPLCONFIGDIR": str(private / "matplotlib"),
-                "XDG_CACHE_HOME": str(private / "cache"),
-                "PYTHONDONTWRITEBYTECODE": "1",
-                # ipykernel and user code write temporary files; keep them where close() cleans up.
-                "TMPDIR": str(self._tmp_dir),
-                # Silences debugpy's start-up warning about frozen modules in every kernel log.
-                "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-            }
-        )
-        if self.config.max_threads is not None:
-            env.update({name: str(self.config.max_threads) for name in THREAD_ENV_VARS})
-        env.update(self.config.env)
-        return env
-
-    def _landlock_policy(self) -> LandlockPolicy | None:
-        if not self.config.landlock:
-            return None
-        return LandlockPolicy(
-            read_paths=tuple(str(Path(p).expanduser()) for p in self.config.extra_read_paths),
-            write_paths=(
-                str(self.workdir),
-                str(self._private_dir),
-                str(self._log_path),  # the kernel's stdout, so /dev/stdout can be reopened
-                *(str(Path(p).expanduser()) for p in self.config.extra_write_paths),
-            ),
-            # The sessions root holds every session's files; no read rule may cover it.
-            private_paths=(str(self.workdir.parent),),
-            deny_tcp_connect=not self.config.allow_network,
-            # On TCP transport the launcher still lets the kernel bind its own ports.
-            deny_tcp_bind=not self.config.allow_network,
-        )
-
     def _start_kernel(self) -> None:
-        extra_args = [
-            "--HistoryManager.enabled=False",
-            f"--InteractiveShell.xmode={self.config.traceback_mode}",
-        ]
-        token = uuid.uuid4().hex[:12]
         self._private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
-        ipc_prefix = self._private_dir / f"k-{token}"
-        ipc_transport = len(str(ipc_prefix)) <= _MAX_IPC_PATH
-        spec = KernelSpec(
-            argv=kernel_command(self.config.limits, extra_args, self._landlock_policy(), self._report_path),
-            display_name="chatforge sandboxed Python",
-            language="python",
-            interrupt_mode="signal",
-        )
-        manager_kwargs: dict[str, Any] = {
-            "kernel_spec_manager": _SandboxKernelSpecs(spec),
-            "kernel_name": _KERNEL_NAME,
-            "connection_file": str(self._private_dir / f"kernel-{token}.json"),
-        }
-        if ipc_transport:
-            # Unix sockets inside our 0700 runtime directory: no TCP port other local users could reach.
-            manager_kwargs.update(transport="ipc", ip=str(ipc_prefix))
-        manager = KernelManager(**manager_kwargs)
+        policy = landlock_policy(self.config, self.workdir, self._private_dir, self._log_path)
+        manager = sandboxed_kernel_manager(self.config, self._private_dir, policy, self._report_path)
         log_path = self._log_path
         self._report_path.unlink(missing_ok=True)
         log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the kernel
         started = time.monotonic()
         client = None
         try:
-            manager.start_kernel(cwd=str(self.workdir), env=self._environment(), stdout=log, stderr=log)
+            manager.start_kernel(
+                cwd=str(self.workdir),
+                env=kernel_environment(self.config, self._private_dir, self._tmp_dir),
+                stdout=log,
+                stderr=log,
+            )
             client = manager.client()
             client.start_channels()
             client.wait_for_ready(timeout=self.config.startup_timeout)
@@ -238,7 +167,7 @@ class InterpreterSession:
             except Exception:  # noqa: BLE001 - best effort on a kernel that never came up
                 logger.debug("cleanup after failed start of session %r", self.session_id, exc_info=True)
             log.close()
-            tail = _tail(log_path)
+            tail = output_tail(log_path)
             hint = ""
             if self.config.memory_limit_mb is not None:
                 hint = f" If memory_limit_mb={self.config.memory_limit_mb} is too low for the kernel to start, raise it."
@@ -274,7 +203,7 @@ class InterpreterSession:
                 )
             return
         if self.config.landlock:
-            _warn_if_unconfined(self._sandbox_report.landlock, self.config)
+            warn_if_unconfined(self._sandbox_report.landlock, self.config)
 
     def _reconnect(self) -> None:
         assert self._manager is not None
@@ -346,12 +275,12 @@ class InterpreterSession:
             except Exception:  # noqa: BLE001
                 logger.debug("session %r: stop_channels failed", self.session_id, exc_info=True)
         if manager is not None:
-            pgid = _kernel_pid(manager)
+            pgid = kernel_pid(manager)
             try:
                 manager.shutdown_kernel(now=True)
             except Exception:  # noqa: BLE001 - the process group is killed below regardless
                 logger.debug("session %r: shutdown_kernel failed", self.session_id, exc_info=True)
-            _kill_process_group(pgid)
+            kill_process_group(pgid)
             logger.info("session %r: kernel shut down", self.session_id)
         if log is not None:
             log.close()
@@ -533,107 +462,9 @@ class InterpreterSession:
             if reply.get("parent_header", {}).get("msg_id") == msg_id:
                 return
 
-    # -- files
-
-    def _resolve(self, name: str) -> Path:
-        if not name or "\x00" in name:
-            raise ValueError("file name must be a non-empty relative path")
-        relative = PurePosixPath(name.replace("\\", "/"))
-        if relative.is_absolute() or ".." in relative.parts:
-            raise ValueError(
-                f"file name {name!r} must be a relative path inside the session directory (no '..')"
-            )
-        root = self.workdir.resolve()
-        target = (root / relative).resolve()
-        if not target.is_relative_to(root) or target == root:
-            raise ValueError(f"file name {name!r} points outside the session directory")
-        return target
-
-    def upload(self, name: str, data: bytes | str) -> Path:
-        """Store ``data`` as ``name`` (a relative path) in the working directory and return its path."""
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        if len(payload) > self.config.max_upload_bytes:
-            raise ValueError(
-                f"file {name!r} is {len(payload)} bytes; the limit is {self.config.max_upload_bytes} "
-                "(InterpreterConfig.max_upload_bytes)"
-            )
-        target = self._resolve(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(payload)
-        self.last_used = time.monotonic()
-        return target
-
-    def read_file(self, name: str) -> bytes:
-        """Bytes of a file in the working directory (e.g. one the code wrote)."""
-        target = self._resolve(name)
-        if not target.is_file():
-            raise FileNotFoundError(f"no file {name!r} in session {self.session_id!r}")
-        return target.read_bytes()
-
-    def files(self) -> list[FileInfo]:
-        """Files in the working directory (recursively, hidden ones and caches skipped), sorted by name."""
-        root = self.workdir
-        found: list[FileInfo] = []
-        for path in sorted(root.rglob("*")):
-            relative = path.relative_to(root)
-            if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
-                continue
-            if path.is_file() and not path.is_symlink():
-                found.append(FileInfo(relative.as_posix(), path.stat().st_size))
-        return found
-
-    def describe_files(self) -> str:
-        """A one-line-per-file listing to tell the model what it can open."""
-        listing = self.files()
-        if not listing:
-            return "The working directory is empty."
-        return "Files in the working directory:\n" + "\n".join(
-            f"- {f.name} ({_human_size(f.size)})" for f in listing
-        )
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self.started else "not started")
         return f"InterpreterSession({self.session_id!r}, {state}, workdir={str(self.workdir)!r})"
-
-
-def _warn_if_unconfined(report: LandlockReport, config: InterpreterConfig) -> None:
-    """Log, once per process and gap, which Landlock protections the kernels lack."""
-    wanted = {"filesystem", "signals", "abstract_unix_sockets"}
-    if not config.allow_network:
-        wanted.add("tcp_connect")
-    missing = tuple(sorted(wanted - set(report.protections)))
-    if not missing or missing in _WARNED_UNCONFINED:
-        return
-    _WARNED_UNCONFINED.add(missing)
-    consequences = {
-        "filesystem": "code can read and write every file the server's user can, other sessions' included",
-        "tcp_connect": "code can open network connections",
-        "signals": "code can kill the server with os.kill(os.getppid(), 9)",
-        "abstract_unix_sockets": "code can connect to abstract Unix sockets of other programs",
-    }
-    logger.warning(
-        "code interpreter kernels run WITHOUT these Landlock protections: %s (Landlock ABI %d%s). "
-        "So %s. See docs/sandbox.md; InterpreterConfig(landlock=False) silences this.",
-        ", ".join(missing),
-        report.abi,
-        "; " + "; ".join(report.notes) if report.notes else "",
-        "; ".join(consequences[name] for name in missing),
-    )
-
-
-def _kernel_pid(manager: KernelManager | None) -> int | None:
-    process = getattr(getattr(manager, "provisioner", None), "process", None)
-    return process.pid if process is not None else None
-
-
-def _kill_process_group(pgid: int | None) -> None:
-    """SIGKILL what is left of a kernel's process group (children it started)."""
-    if pgid is None or not hasattr(os, "killpg"):
-        return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def safe_dirname(session_id: str) -> str:
@@ -643,21 +474,3 @@ def safe_dirname(session_id: str) -> str:
         return cleaned
     digest = uuid.uuid5(uuid.NAMESPACE_URL, session_id).hex[:8]
     return f"{cleaned or 'session'}-{digest}"
-
-
-def _tail(path: Path, max_chars: int = 2000) -> str:
-    try:
-        return strip_ansi(path.read_text(errors="replace")[-max_chars:]).strip()
-    except OSError:
-        return ""
-
-
-def _human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KB", "MB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"

@@ -20,16 +20,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from chatforge.models.chatglm import (
-    _SHORT_NAMES,
-    CONVERSION_INFO_FILE,
-    ChatGLMConfig,
-    ChatGLMConversionError,
-    _load_shard,
-    _map_name,
-    chatglm_variant_of,
-    read_chatglm_config,
-)
+from chatforge.models.chatglm import CONVERSION_INFO_FILE, chatglm_variant_of
+from chatforge.models.chatglm_config import ChatGLMConfig, ChatGLMConversionError, read_chatglm_config
+from chatforge.models.chatglm_weights import _SHORT_NAMES, _load_shard, _map_name
 
 logger = logging.getLogger(__name__)
 
