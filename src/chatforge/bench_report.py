@@ -190,7 +190,8 @@ def goals(results: Results, opts: BenchOptions) -> list[str]:
         "| --- | ---: | ---: | :---: | --- |",
     ]
     for label, value, goal, met, rounds in checks:
-        shown = "—" if value is None else f"{value:.2f}"
+        digits = 1 if label.endswith("tokens/s") else 2  # a rate, not a ratio
+        shown = "—" if value is None else f"{value:.{digits}f}"
         lines.append(f"| {label} | {shown} | {goal} | {met} | {rounds} |")
     lines.append("")
     if any(label.startswith("server overhead") for label, *_ in checks):
