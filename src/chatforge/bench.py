@@ -220,7 +220,7 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
         return reference.run([chat_prompt(model, text) for text in texts], opts.stream_tokens)
 
     paths: dict[str, Callable[[list[str]], dict[str, Any]]] = {f"{model.engine.name} engine directly": direct}
-    with _server(model, opts) as served:
+    with served_streams(model, opts) as served:
         if served is not None:
             paths[f"HTTP server -> {model.engine.name} (/v1/chat/completions, streamed)"] = served
         if reference is not None:
@@ -252,7 +252,7 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
 
 
 @contextlib.contextmanager
-def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[list[str]], dict[str, Any]] | None]:
+def served_streams(model: Any, opts: BenchOptions) -> Iterator[ServedStreams | None]:
     """chatforge's OpenAI-compatible server on loopback, and a run of streamed requests
     through it from a client process (:mod:`chatforge.bench_client`)."""
     if not opts.server:
@@ -281,8 +281,22 @@ def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[list[str]], di
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    def served(texts: list[str]) -> dict[str, Any]:
-        spec = {"url": url, "texts": texts, "max_tokens": opts.stream_tokens}
+    try:
+        yield ServedStreams(url, opts.stream_tokens)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@dataclass
+class ServedStreams:
+    """Runs streamed requests through the server at ``url`` from a client process."""
+
+    url: str
+    max_tokens: int
+
+    def __call__(self, texts: list[str]) -> dict[str, Any]:
+        spec = {"url": self.url, "texts": texts, "max_tokens": self.max_tokens}
         done = subprocess.run(
             [sys.executable, "-m", "chatforge.bench_client"],
             input=json.dumps(spec),
@@ -293,12 +307,6 @@ def _server(model: Any, opts: BenchOptions) -> Iterator[Callable[[list[str]], di
         if done.returncode != 0:
             raise RuntimeError(f"the streams' client process failed: {done.stderr.strip()[-2000:]}")
         return json.loads(done.stdout)
-
-    try:
-        yield served
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # -- report -----------------------------------------------------------------------------------

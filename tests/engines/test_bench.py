@@ -172,7 +172,7 @@ def test_stream_clients_run_in_a_process_of_their_own_on_one_client(smollm_path,
     monkeypatch.setattr(bench.subprocess, "run", recording)
     texts = ["Name a colour.", "What is 2 + 2?", "Say hello."]
     try:
-        with bench._server(model, BenchOptions(streams=[3], stream_tokens=4)) as served:
+        with bench.served_streams(model, BenchOptions(streams=[3], stream_tokens=4)) as served:
             result = served(texts)
             assert result["streams"] == 3 and result["tokens"] == 12
             assert result["client_pid"] != os.getpid()
