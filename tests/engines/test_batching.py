@@ -113,3 +113,40 @@ def test_top_p_shortcut_samples_the_same_distribution():
     probs = np.exp((logits / 0.7) - np.logaddexp.reduce(logits / 0.7))[order]
     nucleus = set(order[: int(np.searchsorted(np.cumsum(probs), 0.8)) + 1].tolist())
     assert shortcut[0] in nucleus and reference in nucleus
+
+
+def test_a_steps_tokens_go_to_the_readers_once_the_whole_step_is_sampled(
+    tiny_model, tiny_tokenizer, monkeypatch
+):
+    """A reader woken in the middle of a step would take the interpreter lock from the worker
+    while it samples the other requests (measured: 2.3 ms more per step at 16 streams behind
+    the HTTP server); every token of a step is handed over after the last one is sampled."""
+    engine = TransformersEngine(tiny_model, tiny_tokenizer, n_parallel=4)
+    before: dict[int, int] = {}  # request -> tokens it had when the step's forward pass ran
+    early: list[int] = []
+    checked = [0]
+    forward = engine._forward
+
+    def marking(work):
+        before.clear()
+        before.update({id(r): len(r.generated) for r in engine._active})
+        return forward(work)
+
+    sample = TokenSampler.__call__
+
+    def sampling(self, logits):
+        for r in engine._active:
+            if len(r.generated) > before.get(id(r), len(r.generated)):  # sampled earlier in this step
+                checked[0] += 1
+                if r.consumed + r.tokens.qsize() >= len(r.generated):  # ... and already handed over
+                    early.append(len(r.generated))
+        return sample(self, logits)
+
+    monkeypatch.setattr(engine, "_forward", marking)
+    monkeypatch.setattr(TokenSampler, "__call__", sampling)
+    prompts = [tiny_tokenizer.encode(t) for t in TEXTS[:4]]
+    params = SamplingParams(do_sample=False, max_new_tokens=12)
+    together = concurrently(engine, [(p, params, None) for p in prompts])
+    assert all(len(tokens) == 12 for tokens, _ in together)
+    assert checked[0] > 12 and not early
+    engine.close()

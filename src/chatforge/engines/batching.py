@@ -9,7 +9,7 @@ and reads its tokens from a queue. Each step the worker
    prefix (the subclass decides where a conversation's cache lives);
 3. runs one forward pass over the batch: one token for every decoding request, plus a
    chunk of each new prompt (chunked prefill, so a long prompt never stalls the others);
-4. samples each request's next token and hands it over.
+4. samples each request's next token, then hands the step's tokens to their readers together.
 
 Subclasses implement ``_admit``, ``_forward`` and ``_release``. A request's cache ends up
 exactly as a one-at-a-time engine would leave it: the prompt plus every consumed token but
@@ -260,9 +260,11 @@ class BatchingEngine(Engine):
     def _step(self) -> bool:
         # Prompts whose last logits came with their admission: their first token, no forward pass.
         ready = [r for r in self._active if r.ready is not None and not r.finished]
+        taken = []
         for request in ready:
             row, request.ready = request.ready, None
-            self._take(request, row)
+            taken.append(self._take(request, row))
+        self._hand_over(taken)
         room = self.max_step_tokens
         work: list[Work] = []
         # Decoding requests first (one token each), then prompt chunks in the room left.
@@ -283,29 +285,42 @@ class BatchingEngine(Engine):
                 item.request.finish(err if isinstance(err, EngineError) else EngineError(str(err)))
             return True
         elapsed = time.perf_counter() - started
+        taken = []
         for item, row in zip(work, rows):
             request = item.request
             request.todo = request.todo[len(item.ids) :]
             if not request.generated:
                 request.stats.prefill_seconds += elapsed
             if row is not None:
-                self._take(request, row)
+                taken.append(self._take(request, row))
+        self._hand_over(taken)
         return True
 
-    def _take(self, request: Request, row: np.ndarray) -> None:
-        """Sample the request's next token from ``row`` and hand it to its reader."""
+    def _take(self, request: Request, row: np.ndarray) -> tuple[Request, int, bool] | None:
+        """Sample the request's next token from ``row``; the token to hand to its reader, and
+        whether it is the last (None when sampling failed and the request has ended)."""
         try:
             token = request.sampler(row)
         except Exception as err:  # noqa: BLE001 - NaN logits and the like, for this request only
             request.finish(err)
-            return
+            return None
         request.sampler.observe(token)
         request.generated.append(token)
-        request.tokens.put(token)
-        if len(request.generated) >= request.budget or token in request.params.stop_token_ids:
-            request.finish()
-        else:
+        last = len(request.generated) >= request.budget or token in request.params.stop_token_ids
+        if not last:
             request.todo = [token]
+        return request, token, last
+
+    @staticmethod
+    def _hand_over(taken: list[tuple[Request, int, bool] | None]) -> None:
+        # After the whole step is sampled: each reader woken here would otherwise take the
+        # interpreter lock from the worker in the middle of sampling the others.
+        for item in taken:
+            if item is not None:
+                request, token, last = item
+                request.tokens.put(token)
+                if last:
+                    request.finish()
 
     # -- what a subclass provides --------------------------------------------------
     @abstractmethod
