@@ -24,11 +24,9 @@ import json
 import logging
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -260,9 +258,9 @@ def served_streams(model: Any, opts: BenchOptions) -> Iterator[ServedStreams | N
         return
     try:
         import httpx  # noqa: F401 - the client process needs it
-        import uvicorn
 
         from chatforge.serve.app import create_app
+        from chatforge.serve.in_process import serve_in_thread
         from chatforge.serve.settings import ServeSettings
     except ImportError as err:
         log.warning("skipping the server measurement: %s", err)
@@ -270,22 +268,8 @@ def served_streams(model: Any, opts: BenchOptions) -> Iterator[ServedStreams | N
         return
     workers = max(max(opts.streams), getattr(model.engine, "max_batch", 1))
     app = create_app(model, ServeSettings(max_queue=4 * workers, workers=workers, ui=False))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-    try:
-        yield ServedStreams(url, opts.stream_tokens)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as base:
+        yield ServedStreams(f"{base}/v1/chat/completions", opts.stream_tokens)
 
 
 @dataclass

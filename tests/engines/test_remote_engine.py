@@ -151,9 +151,9 @@ def chatforge_server(tiny_chat):
         from chatforge.serve.settings import ServeSettings
     except ImportError as err:
         pytest.skip(f"chatforge's server is not part of this build: {err}")
-    from loopback import serving
+    from chatforge.serve.in_process import serve_in_thread
 
-    with serving(create_app(tiny_chat, ServeSettings(ui=False))) as url:
+    with serve_in_thread(create_app(tiny_chat, ServeSettings(ui=False))) as url:
         yield f"{url}/v1"
 
 

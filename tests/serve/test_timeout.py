@@ -9,9 +9,9 @@ import time
 import httpx
 import openai
 import pytest
-from loopback import serving
 
 from chatforge.serve.app import create_app
+from chatforge.serve.in_process import serve_in_thread
 from chatforge.serve.settings import ServeSettings
 
 TIMEOUT = 0.6
@@ -28,7 +28,7 @@ def slow_server(tiny_chat):
         return forward(work)
 
     engine._forward = slow
-    with serving(create_app(tiny_chat, ServeSettings(ui=False, request_timeout=TIMEOUT))) as url:
+    with serve_in_thread(create_app(tiny_chat, ServeSettings(ui=False, request_timeout=TIMEOUT))) as url:
         yield url, engine
     engine.close()
 

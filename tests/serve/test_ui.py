@@ -226,11 +226,8 @@ def test_turns_answered_in_chat_mode_reach_the_agent(tiny_tokenizer):
 def test_running_code_does_not_hold_an_api_worker(tiny_tokenizer, tmp_path):
     """A Code-mode turn whose code sleeps, with the API's generation workers cut to one: a
     chat completion is answered while the code still runs (agent turns have their own threads)."""
-    import socket
-
-    import uvicorn
-
     from chatforge.serve.app import create_app
+    from chatforge.serve.in_process import serve_in_thread
     from chatforge.serve.settings import ServeSettings
 
     code = "```python\nimport time\ntime.sleep(4)\nprint('slept')\n```"
@@ -238,17 +235,7 @@ def test_running_code_does_not_hold_an_api_worker(tiny_tokenizer, tmp_path):
     app = create_app(
         model, ServeSettings(workers=1, max_queue=4), agent_options=AgentOptions(workdir=tmp_path / "work")
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with serve_in_thread(app) as url:
         events: list[dict] = []
         output_seen = threading.Event()
 
@@ -276,6 +263,3 @@ def test_running_code_does_not_hold_an_api_worker(tiny_tokenizer, tmp_path):
         )
         assert finished_before_the_code, events
         assert events[-1] == {**events[-1], "type": "final"} and "the code slept" in json.dumps(events[-1])
-    finally:
-        server.should_exit = True
-        thread.join(10)
