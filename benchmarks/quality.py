@@ -1,6 +1,7 @@
 """What ``--quantize`` trades: perplexity against speed for the default GGUF and its re-quantized copies.
 
-For the shipped Q4_K_M file and each type given, in one run: the perplexity on local texts
+For the shipped Q4_K_M file (on CPUs with llama.cpp's AMX path: without it, with it, and as
+the lossless Q5_0 → Q8_0 copy the engine loads there) and each type given, in one run: the perplexity on local texts
 (the repository's Chinese training examples, its English docs and its Python code, or files
 you name), the file size, and plain llama.cpp's decode speed for one sequence and for four
 sequences decoded together (the batch API, as ``chatforge bench`` measures its reference).
@@ -53,10 +54,10 @@ def perplexity(llm, text: str, max_tokens: int) -> tuple[float, int]:
     return math.exp(nll / scored), scored
 
 
-def decode_speed(path: Path, threads: int | None, streams: int, tokens: int) -> float:
+def decode_speed(path: Path, threads: int | None, streams: int, tokens: int, extra: bool | None = None) -> float:
     from chatforge.bench_subjects import PlainLlamaBatch
 
-    batch = PlainLlamaBatch(path, threads, streams, n_ctx_per_seq=512)
+    batch = PlainLlamaBatch(path, threads, streams, n_ctx_per_seq=512, extra_buffers=extra)
     try:
         prompts = [[1000 + 7 * s + i for i in range(24)] for s in range(streams)]
         batch.run(prompts, 4)  # warm-up
@@ -69,8 +70,12 @@ def decode_speed(path: Path, threads: int | None, streams: int, tokens: int) -> 
 def main() -> None:
     import llama_cpp
 
+    from chatforge.engines import amx
     from chatforge.engines.llamacpp import default_threads
-    from chatforge.engines.select import GGUF_QUANTIZE, resolve_gguf
+    from chatforge.engines.select import GGUF_QUANTIZE
+    from chatforge.models.embedded import DEFAULT, assemble_gguf
+    from chatforge.models.gguf_export import requantized
+    from chatforge.models.gguf_widen import widened
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--types", default="q4_0,iq4_nl", help=f"comma-separated, from {', '.join(GGUF_QUANTIZE)}")
@@ -90,9 +95,17 @@ def main() -> None:
             for name, files in TEXTS.items()
         }
     threads = args.threads or default_threads()
-    files = {"q4_k_m (shipped)": resolve_gguf("default")}
+    shipped = assemble_gguf(DEFAULT)
+    # (file, llama.cpp's extra buffer types: None = as the engine decides, AMX where it works)
+    files: dict[str, tuple[Path, bool | None]] = {}
+    if amx.enabled():
+        files["q4_k_m (shipped), AMX path off"] = (shipped, False)
+        files["q4_k_m (shipped), AMX path on"] = (shipped, None)
+        files["q4_k_m, Q5_0 as Q8_0 (the engine's choice here)"] = (widened(shipped), None)
+    else:
+        files["q4_k_m (shipped)"] = (shipped, None)
     for kind in (t.strip() for t in args.types.split(",") if t.strip()):
-        files[kind] = resolve_gguf("default", kind)
+        files[kind] = (requantized(shipped, kind), None)
 
     print(
         f"load average {os.getloadavg()[0]:.2f}; {threads} threads; windows of {CHUNK} tokens, {SKIP} unscored"
@@ -102,7 +115,7 @@ def main() -> None:
     print(f"| weights | MB | {head} | 1 stream tok/s | 4 streams tok/s |")
     print("| --- | ---: | " + " | ".join("---:" for _ in names) + " | ---: | ---: |")
     reference: dict[str, float] = {}
-    for label, path in files.items():
+    for label, (path, extra) in files.items():
         llm = llama_cpp.Llama(
             str(path), n_ctx=CHUNK, n_batch=CHUNK, logits_all=True, n_threads=threads, verbose=False
         )
@@ -113,8 +126,8 @@ def main() -> None:
             change = "" if reference[name] == value else f" ({100 * (value / reference[name] - 1):+.1f}%)"
             cells.append(f"{value:.2f}{change}")
         llm.close()
-        one = decode_speed(path, threads, 1, args.decode_tokens)
-        four = decode_speed(path, threads, 4, args.decode_tokens)
+        one = decode_speed(path, threads, 1, args.decode_tokens, extra)
+        four = decode_speed(path, threads, 4, args.decode_tokens, extra)
         size = path.stat().st_size / 1e6
         print(f"| {label} | {size:.0f} | {' | '.join(cells)} | {one:.1f} | {four:.1f} |", flush=True)
     print(f"scored tokens per text: at most {args.max_tokens}")

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from chatforge.engines.amx import on_llama_thread
+
 
 class Subject:
     """Something that can generate: a chatforge engine or a raw reference."""
@@ -104,6 +106,7 @@ class RawLlamaCpp(Subject):
         )
         self.name = "plain llama_cpp.Llama"
 
+    @on_llama_thread  # never a thread PyTorch runs in (engines/amx.py)
     def decode(self, ids: list[int], n: int) -> tuple[float, float]:
         self.llm.reset()
         started = time.perf_counter()
@@ -118,6 +121,7 @@ class RawLlamaCpp(Subject):
         total = time.perf_counter() - started
         return ttft, (made - 1) / max(total - ttft, 1e-9)
 
+    @on_llama_thread  # never a thread PyTorch runs in (engines/amx.py)
     def prefill(self, ids: list[int]) -> float:
         self.llm.reset()
         started = time.perf_counter()
@@ -128,7 +132,14 @@ class RawLlamaCpp(Subject):
 class PlainLlamaBatch:
     name = "plain llama.cpp batch API (no server)"
 
-    def __init__(self, path: Path, threads: int | None, n_seq: int, n_ctx_per_seq: int = 4096) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None,
+        n_seq: int,
+        n_ctx_per_seq: int = 4096,
+        extra_buffers: bool | None = None,
+    ) -> None:
         import llama_cpp
 
         from chatforge.engines.llamacpp import default_threads, extra_buffers_default
@@ -136,7 +147,8 @@ class PlainLlamaBatch:
         self.lib = lib = llama_cpp
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
-        params.use_extra_bufts = extra_buffers_default()  # the AMX crash (docs/engines.md)
+        # AMX only where it works (engines/amx.py), as the engine does, unless told.
+        params.use_extra_bufts = extra_buffers_default(path) if extra_buffers is None else extra_buffers
         self.model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
@@ -176,6 +188,7 @@ class PlainLlamaBatch:
                     chosen[seq] = int(row.argmax())
         return chosen
 
+    @on_llama_thread  # never a thread PyTorch runs in (engines/amx.py)
     def run(self, prompts: list[list[int]], tokens: int) -> dict[str, Any]:
         """Answer ``prompts`` together, ``tokens`` new tokens each; the same figures as
         :func:`chatforge.bench_client.run_streams` (every stream ends with the last step)."""

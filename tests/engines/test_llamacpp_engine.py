@@ -193,13 +193,25 @@ def check_vocab(engine, tokenizer):
     assert checked > 1000
 
 
-def test_extra_buffer_types_are_off_where_the_amx_path_could_run(monkeypatch):
-    from chatforge.engines import llamacpp
+def test_extra_buffer_types_wait_for_the_amx_probe_where_the_amx_path_could_run(monkeypatch, tmp_path):
+    from chatforge.engines import amx, llamacpp
 
-    for cpu, build, expected in ((True, True, False), (True, False, True), (False, True, True)):
+    verdicts = []
+    monkeypatch.setattr(amx, "path_works", lambda path: verdicts.append(path) or path.name == "works.gguf")
+    monkeypatch.setattr(amx, "enabled", lambda: True)
+    for cpu, build, path, expected in (
+        (False, True, None, True),  # no AMX here: repacked AVX-512 weights
+        (True, False, None, True),  # a build without the AMX path
+        (True, True, None, False),  # AMX path, no model to probe it with
+        (True, True, tmp_path / "works.gguf", True),
+        (True, True, tmp_path / "crashes.gguf", False),
+    ):
         monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda cpu=cpu: cpu)
         monkeypatch.setattr(llamacpp, "built_with_amx", lambda build=build: build)
-        assert llamacpp.extra_buffers_default() is expected
+        assert llamacpp.extra_buffers_default(path) is expected, (cpu, build, path)
+    assert verdicts == [tmp_path / "works.gguf", tmp_path / "crashes.gguf"]
+    monkeypatch.setattr(amx, "enabled", lambda: False)  # CHATFORGE_LLAMA_AMX not set
+    assert llamacpp.extra_buffers_default(tmp_path / "works.gguf") is False
 
 
 def test_the_amx_path_is_read_from_the_build(monkeypatch):

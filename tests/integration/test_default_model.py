@@ -3,6 +3,8 @@
 
 import pytest
 
+from chatforge.engines.amx import on_llama_thread
+
 pytestmark = pytest.mark.integration
 
 GREEDY = dict(do_sample=False, max_new_tokens=48)
@@ -107,13 +109,18 @@ def test_default_model_exports_to_gguf_that_llama_cpp_answers_with(default_model
     )
     with torch.no_grad():
         expected = model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)[0, len(ids) :].tolist()
-    llm = llama_cpp.Llama(str(out), n_ctx=512, verbose=False)
-    got = []
-    for token in llm.generate(ids, temp=0.0, top_k=1):
-        got.append(token)
-        if len(got) == 4:
-            break
-    llm.close()
+    @on_llama_thread  # llama.cpp's AMX tiles and PyTorch never share a thread (engines/amx.py)
+    def answer() -> list[int]:
+        llm = llama_cpp.Llama(str(out), n_ctx=512, verbose=False)
+        got = []
+        for token in llm.generate(ids, temp=0.0, top_k=1):
+            got.append(token)
+            if len(got) == 4:
+                break
+        llm.close()
+        return got
+
+    got = answer()
     assert "Paris" in default_model.tokenizer.decode(got)
     n = min(3, len(expected))  # generate stops at the end-of-turn token
     assert got[:n] == expected[:n]

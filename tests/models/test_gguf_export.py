@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from chatforge.engines.amx import on_llama_thread
 from chatforge.models.gguf_export import GGUFExportError, write_gguf
 
 
@@ -28,6 +29,7 @@ def smollm():
     return path, gguf_tokenizer(path)
 
 
+@on_llama_thread  # llama.cpp's AMX tiles and PyTorch never share a thread (engines/amx.py)
 def llama_greedy(path: Path, ids: list[int], n: int) -> list[int]:
     import llama_cpp
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from chatforge.engines import amx
 from chatforge.engines.base import EngineError
 from chatforge.engines.batching import Request
 from chatforge.engines.kvstate import SeqState, StateFormatError
@@ -168,7 +169,7 @@ class HybridEngine(LlamaCppEngine):
         sequence = self._sequences[0]
         self._clear(sequence)
         try:
-            self._llama_prefill(sequence, ids)
+            amx.LLAMA_THREAD.run(self._llama_prefill, sequence, ids)  # never where PyTorch runs
             state = self._read(sequence)
         finally:
             self._clear(sequence)
@@ -278,7 +279,15 @@ class HybridEngine(LlamaCppEngine):
     def _hf_prefill_batch(
         self, rows: list[tuple[list[int], SeqState | None]]
     ) -> list[tuple[list[Any], list[Any], np.ndarray]]:
-        """:meth:`_hf_prefill` for several prompts in one forward pass.
+        """:meth:`_hf_prefill` for several prompts in one forward pass, on PyTorch's own thread:
+        its bf16 kernels release the AMX tiles that llama.cpp, on the batch thread, set up once
+        (:mod:`chatforge.engines.amx`)."""
+        return amx.TORCH_THREAD.run(self._hf_forward, rows)
+
+    def _hf_forward(
+        self, rows: list[tuple[list[int], SeqState | None]]
+    ) -> list[tuple[list[Any], list[Any], np.ndarray]]:
+        """The forward pass of :meth:`_hf_prefill_batch`.
 
         Row i holds its cached prefix (``p_i`` cells) right-aligned in a cache of the longest
         prefix's length P, the cells before it masked out, and its new ids left-aligned in

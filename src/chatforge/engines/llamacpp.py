@@ -10,9 +10,12 @@ cache. Concurrent requests are decoded together through llama.cpp's batch API
 tokens after the longest common prefix. When every sequence is taken, the one idle
 longest is given to the newcomer.
 
-On CPUs with AMX, llama.cpp's AMX matrix path (an "extra buffer type") crashes on the
-first decode in builds that compile it in; with such a build the engine turns extra buffer
-types off on such CPUs (``use_extra_bufts=False``). ``make install`` builds without it.
+On CPUs with AMX, llama.cpp's AMX matrix path (an "extra buffer type") crashes in builds
+that drop its tile configuration; with a build that has the path, extra buffer types are
+turned off there (``use_extra_bufts=False``) unless ``CHATFORGE_LLAMA_AMX=1`` asks for it,
+and then only once a child process has decoded with it (:mod:`chatforge.engines.amx`).
+``make install`` builds without the path, ``make llama-amx`` with it, working. The batch
+thread runs llama.cpp only, never PyTorch.
 
 Flash attention is off by default: on CPU it changed greedy output against plain
 ``llama_cpp.Llama`` (which it matches exactly without it) for a small speed gain.
@@ -80,12 +83,18 @@ def built_with_amx() -> bool:
     return info is None or b"AMX_INT8 = 1" in info
 
 
-def extra_buffers_default() -> bool:
-    """Whether to let llama.cpp use extra buffer types (repacked and AMX weights): not where
-    the crashing AMX path could run, an AMX CPU with a build that has it. Elsewhere they
-    give weights repacked for the CPU's vector units (Q4_0: 4 sequences decode about 10%
-    faster on an AMX Xeon without AMX in the build)."""
-    return not (cpu_has_amx() and built_with_amx())
+def extra_buffers_default(path: str | Path | None = None) -> bool:
+    """Whether to let llama.cpp use extra buffer types (repacked and AMX weights) for the
+    model at ``path``. Where the AMX path could run (an AMX CPU, a build that has it), only
+    when asked for (``CHATFORGE_LLAMA_AMX=1``) and once a child process has decoded ``path``
+    with it (:func:`chatforge.engines.amx.path_works`; some builds crash). Elsewhere they give
+    weights repacked for the CPU's vector units (Q4_0: 4 sequences decode about 10% faster
+    on an AMX Xeon without AMX in the build)."""
+    if not (cpu_has_amx() and built_with_amx()):
+        return True
+    from chatforge.engines import amx
+
+    return path is not None and amx.enabled() and amx.path_works(Path(path))
 
 
 @functools.cache
@@ -167,7 +176,7 @@ class LlamaCppEngine(BatchingEngine):
         _warn_if_openmp()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
-        mparams.use_extra_bufts = extra_buffers_default() if extra_buffers is None else extra_buffers
+        mparams.use_extra_bufts = extra_buffers_default(path) if extra_buffers is None else extra_buffers
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path} (is it a GGUF model file?)")
@@ -212,7 +221,7 @@ class LlamaCppEngine(BatchingEngine):
             per_sequence,
             threads,
             "on" if flash_attn else "off",
-            "" if mparams.use_extra_bufts else ", extra buffer types off (AMX CPU, llama.cpp built with AMX)",
+            "" if mparams.use_extra_bufts else ", extra buffer types off (llama.cpp's AMX path unusable here)",
         )
 
     # -- batching hooks --------------------------------------------------------------

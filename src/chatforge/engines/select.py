@@ -16,9 +16,10 @@
 * ``transformers`` otherwise.
 
 Quantization for transformers (``--quantize int8|int4``) uses bitsandbytes and needs CUDA.
-GGUF files carry their own quantization level, which llama.cpp uses as it is, unless
-``--quantize q4_0|iq4_nl|q8_0`` asks for the file re-quantized (once, cached; see
-:func:`chatforge.models.gguf_export.requantized`).
+GGUF files carry their own quantization level, which llama.cpp uses as it is (with its AMX
+path, opted into, Q5_0 matrices are rewritten as Q8_0 with the same values for the AMX
+kernels, see :mod:`chatforge.engines.amx`), unless ``--quantize q4_0|iq4_nl|q8_0`` asks for the file
+re-quantized (once, cached; see :func:`chatforge.models.gguf_export.requantized`).
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def build_engine(
 
 def resolve_gguf(ref: str | Path, quantize: str | None = None) -> Path:
     """The GGUF file of ``ref`` (the default model assembled on first use), re-quantized
-    when ``quantize`` names a GGUF weight type."""
+    when ``quantize`` names a GGUF weight type; else, where llama.cpp's AMX path is asked for
+    and works, with its Q5_0 matrices as Q8_0, the same weights (:func:`chatforge.engines.amx.preferred_gguf`)."""
     gguf = gguf_for(ref)
     if gguf is None:
         raise ValueError(
@@ -220,7 +222,9 @@ def resolve_gguf(ref: str | Path, quantize: str | None = None) -> Path:
 
         gguf = assemble_gguf(DEFAULT)
     if quantize is None:
-        return gguf
+        from chatforge.engines.amx import preferred_gguf
+
+        return preferred_gguf(gguf)
     from chatforge.models.gguf_export import requantized
 
     return requantized(gguf, quantize)

@@ -131,11 +131,7 @@ def write_gguf(
     f16_path = output if gguf_type == "f16" else output.with_name(f".{output.name}.f16-{os.getpid()}")
     partial = f16_path.with_name(f".{f16_path.name}.partial")
     writer = gguf.GGUFWriter(str(partial), arch)
-    for key, field in reader.fields.items():
-        if key.startswith(_SKIP_FIELDS):
-            continue
-        sub = field.types[1] if len(field.types) > 1 else None
-        writer.add_key_value(key, field.contents(), field.types[0], sub)
+    copy_metadata(reader, writer)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     for tensor in reader.tensors:  # the template's order; its extra tensors (e.g. rope factors) kept
         if tensor.name in renamed:
@@ -161,6 +157,16 @@ def write_gguf(
             f16_path.unlink(missing_ok=True)
     log.info("wrote %s (%s, %.0f MB)", output, gguf_type, output.stat().st_size / 1e6)
     return output
+
+
+def copy_metadata(reader: Any, writer: Any) -> None:
+    """Every key/value of ``reader``'s GGUF into ``writer``, but those describing the file's
+    own layout and quantization (the writer sets them)."""
+    for key, field in reader.fields.items():
+        if key.startswith(_SKIP_FIELDS):
+            continue
+        sub = field.types[1] if len(field.types) > 1 else None
+        writer.add_key_value(key, field.contents(), field.types[0], sub)
 
 
 def _choose_layout(renamed: dict[str, np.ndarray], base: dict[str, Any], heads: int, kv_heads: int) -> bool:

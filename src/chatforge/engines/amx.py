@@ -1,0 +1,191 @@
+"""llama.cpp's AMX path: int8 tile matrix products on Intel Xeons with Advanced Matrix Extensions.
+
+llama.cpp multiplies Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS weights with AMX tiles
+(several rows) and AVX512-VNNI (one row) when it loads them into its AMX buffer type. On a
+2-vCPU Xeon that decodes the default model's four sequences about 1.5x as fast as its generic
+kernels (docs/benchmarks.md). Three things stand between that and a working engine:
+
+* **Builds that fault on the first tile instruction.** GCC 12 removes, as dead stores, the
+  writes that fill llama.cpp's tile configuration before ``ldtilecfg`` loads it; the tiles stay
+  unconfigured and the first ``tilezero`` raises SIGILL. The Makefile builds with
+  ``-fno-tree-dse -fno-dse``; a build from elsewhere may not, so before the engine uses the
+  path it runs a short decode with it in a child process (:func:`path_works`), once per
+  llama.cpp library and model file, and keeps the verdict in the cache directory.
+* **PyTorch in the same thread.** llama.cpp loads the tile configuration once per thread;
+  PyTorch's bf16 kernels (oneDNN) release the tiles after they run. A thread that runs
+  llama.cpp, then PyTorch, then llama.cpp again faults. So llama.cpp's calls and PyTorch's
+  passes never share a thread: an engine's batch thread runs llama.cpp only, the hybrid
+  engine's prefill runs on :data:`TORCH_THREAD`, and llama.cpp calls made outside an engine
+  (the benchmarks' references, probes) on :data:`LLAMA_THREAD`.
+* **Weights without an AMX kernel.** Most of the default GGUF's matrices are Q5_0, which has
+  none; :func:`preferred_gguf` swaps in a copy whose Q5_0 matrices are Q8_0 with the same
+  values (:mod:`chatforge.models.gguf_widen`).
+
+The path is opt-in: ``CHATFORGE_LLAMA_AMX=1`` with a llama.cpp build that has it (``make
+llama-amx``). Without it, AMX CPUs with such a build load models without llama.cpp's extra
+buffer types, as before. Not yet the default: in one test of a session that used it, plain
+``llama_cpp.Llama`` once answered wrongly with an F16 model (not reproduced in seven later
+runs; docs/engines.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PROBE_TIMEOUT = 300  # seconds; a load and two small decodes take a few
+
+
+class DedicatedThread:
+    """One long-lived thread that runs the calls given to it, one at a time."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on this thread (directly when already on it)."""
+        if threading.current_thread().name.startswith(self.name):
+            return fn(*args, **kwargs)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+
+LLAMA_THREAD = DedicatedThread("chatforge-llama")  # llama.cpp calls made outside an engine's batch thread
+TORCH_THREAD = DedicatedThread("chatforge-torch")  # the hybrid engine's PyTorch passes
+
+
+def on_llama_thread(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: the function always runs on :data:`LLAMA_THREAD`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return LLAMA_THREAD.run(fn, *args, **kwargs)
+
+    return wrapper
+
+
+def enabled() -> bool:
+    """Whether the AMX path is asked for (``CHATFORGE_LLAMA_AMX=1``), this CPU has AMX and
+    the installed llama.cpp has the path compiled in."""
+    from chatforge.engines.llamacpp import built_with_amx, cpu_has_amx
+
+    if os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return False
+    return cpu_has_amx() and built_with_amx()
+
+
+def _library() -> Path | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    found = sorted(lib.glob("libggml-cpu.so*")) or sorted(lib.glob("libllama.so*"))
+    return found[0] if found else None
+
+
+_PROBE = r"""
+import sys
+import llama_cpp
+lib = llama_cpp
+lib.llama_backend_init()
+params = lib.llama_model_default_params()
+params.use_extra_bufts = True
+model = lib.llama_model_load_from_file(sys.argv[1].encode(), params)
+if not model:
+    sys.exit("could not load the model")
+cparams = lib.llama_context_default_params()
+cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = 64
+cparams.n_threads = cparams.n_threads_batch = 2
+ctx = lib.llama_init_from_model(model, cparams)
+batch = lib.llama_batch_init(16, 0, 1)
+def decode(tokens, start):
+    for j, token in enumerate(tokens):
+        batch.token[j], batch.pos[j], batch.n_seq_id[j] = token, start + j, 1
+        batch.seq_id[j][0], batch.logits[j] = 0, int(j == len(tokens) - 1)
+    batch.n_tokens = len(tokens)
+    if lib.llama_decode(ctx, batch) != 0:
+        sys.exit("llama_decode failed")
+decode(list(range(100, 108)), 0)  # several rows: the tile kernels
+decode([108], 8)  # one row: the VNNI kernels
+decode([109], 9)  # a second step on a thread that has run both
+print("AMX OK")
+"""
+
+
+def _probe_file() -> Path:
+    from chatforge.models.embedded import cache_dir
+
+    return cache_dir() / "amx-probe.json"
+
+
+def path_works(gguf: Path) -> bool:
+    """Whether llama.cpp decodes ``gguf`` with its AMX path without crashing here, checked
+    in a child process once per (library, model file) and remembered."""
+    from chatforge.models.embedded import file_key
+
+    library = _library()
+    if library is None:
+        return False
+    key = f"{file_key(library)}:{file_key(Path(gguf))}"
+    record = _probe_file()
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return bool(known[key])
+    log.info("checking llama.cpp's AMX path on %s (once)", Path(gguf).name)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(gguf)],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT,
+        )
+        works = done.returncode == 0 and "AMX OK" in done.stdout
+        detail = f"exit status {done.returncode}: {done.stderr.strip()[-300:]}"
+    except subprocess.TimeoutExpired:
+        works, detail = False, f"no answer in {PROBE_TIMEOUT} s"
+    if not works:
+        log.warning(
+            "llama.cpp's AMX path failed on this machine (%s); using its other kernels. "
+            "`make install` builds llama-cpp-python with the compiler flags that avoid this",
+            detail,
+        )
+    known[key] = works
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_name(f".{record.name}.{os.getpid()}")
+    partial.write_text(json.dumps(known, indent=1))
+    os.replace(partial, record)
+    return works
+
+
+def preferred_gguf(gguf: Path) -> Path:
+    """``gguf``, or where llama.cpp's AMX path works here and the file holds matrices it has no
+    AMX kernel for, its widened copy (the same weights; :mod:`chatforge.models.gguf_widen`)."""
+    if not enabled():
+        return gguf
+    from chatforge.models.gguf_widen import needs_widening, widened
+
+    if not needs_widening(gguf):
+        return gguf
+    wide = widened(gguf)
+    return wide if path_works(wide) else gguf

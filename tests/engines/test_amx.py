@@ -1,0 +1,203 @@
+"""llama.cpp's AMX path (chatforge.engines.amx): the child-process probe, the threads that keep
+PyTorch and llama.cpp apart, and, on the real default model, decoding with it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from .conftest import need_llama_cpp
+
+
+def test_dedicated_thread_runs_calls_on_one_thread_and_nested_calls_directly():
+    from chatforge.engines.amx import DedicatedThread
+
+    worker = DedicatedThread("chatforge-test-thread")
+    names = {worker.run(lambda: threading.current_thread().name) for _ in range(5)}
+    assert len(names) == 1 and names.pop().startswith("chatforge-test-thread")
+    # A call made from the thread itself runs at once (it would wait on itself otherwise).
+    assert worker.run(lambda: worker.run(lambda: 42)) == 42
+    with pytest.raises(ZeroDivisionError):
+        worker.run(lambda: 1 / 0)
+
+
+def test_on_llama_thread_keeps_llama_calls_off_the_callers_thread():
+    from chatforge.engines.amx import on_llama_thread
+
+    @on_llama_thread
+    def where(x):
+        return threading.current_thread().name, x
+
+    name, value = where(3)
+    assert name.startswith("chatforge-llama") and value == 3
+    assert name != threading.current_thread().name
+
+
+def test_a_crashing_probe_turns_the_path_off_and_is_remembered(monkeypatch, tmp_path):
+    """The probe's child dies of SIGILL, as llama.cpp builds with a dropped tile configuration
+    do: the verdict is 'does not work', kept, and the child is not run again."""
+    need_llama_cpp()
+    from chatforge.engines import amx
+
+    monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path / "home"))
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF stand-in: the crashing child never reads it")
+    monkeypatch.setattr(amx, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    assert amx.path_works(model) is False
+    record = json.loads((tmp_path / "home" / "amx-probe.json").read_text())
+    assert list(record.values()) == [False]
+    monkeypatch.setattr(amx, "_PROBE", "print('AMX OK')")  # would pass, but is not asked again
+    assert amx.path_works(model) is False
+    # Another file (or another llama.cpp build) is probed afresh.
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"another model")
+    assert amx.path_works(other) is True
+
+
+def test_the_path_is_opt_in(monkeypatch, tmp_path):
+    from chatforge.engines import amx, llamacpp
+
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"not read")
+    for off in (None, "0", "off", ""):
+        if off is None:
+            monkeypatch.delenv("CHATFORGE_LLAMA_AMX", raising=False)
+        else:
+            monkeypatch.setenv("CHATFORGE_LLAMA_AMX", off)
+        assert amx.enabled() is False
+        assert amx.preferred_gguf(model) == model  # nothing widened, nothing probed
+        assert llamacpp.extra_buffers_default(model) is False  # as before: no AMX path
+    monkeypatch.setenv("CHATFORGE_LLAMA_AMX", "1")
+    assert amx.enabled() is True
+    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: False)
+    assert amx.enabled() is False  # asked for, but the build has no AMX path
+
+
+# -- the real default model -------------------------------------------------------------
+def default_paths():
+    pytest.importorskip("llama_cpp")
+    from chatforge.engines.select import resolve_gguf
+    from chatforge.models.embedded import DEFAULT, EmbeddedModelError, assemble_gguf
+
+    try:
+        shipped = assemble_gguf(DEFAULT)
+    except EmbeddedModelError as err:
+        pytest.skip(str(err))
+    return shipped, resolve_gguf("default")
+
+
+@pytest.mark.integration
+def test_default_model_uses_the_widened_file_exactly_where_the_amx_path_works():
+    from chatforge.engines import amx
+
+    shipped, chosen = default_paths()
+    if amx.enabled():
+        assert chosen != shipped and "q5_0-as-q8_0" in chosen.name
+        assert amx.path_works(chosen)
+    else:
+        assert chosen == shipped
+
+
+LOGITS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import llama_cpp as lib
+    from chatforge.engines.llamacpp import extra_buffers_default
+    lib.llama_backend_init()
+    out = []
+    ids = [9707, 11, 1246, 525, 498, 30, 220, 56568, 52801, 3837, 104014, 100, 8, 9, 10, 11]
+    for path in sys.argv[1:]:
+        params = lib.llama_model_default_params()
+        params.use_extra_bufts = extra_buffers_default(path)
+        model = lib.llama_model_load_from_file(path.encode(), params)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = 64
+        cparams.n_threads = cparams.n_threads_batch = 2
+        ctx = lib.llama_init_from_model(model, cparams)
+        batch = lib.llama_batch_init(64, 0, 1)
+        for j, token in enumerate(ids):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j] = token, j, 1
+            batch.seq_id[j][0], batch.logits[j] = 0, 1
+        batch.n_tokens = len(ids)
+        assert lib.llama_decode(ctx, batch) == 0
+        n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+        rows = np.ctypeslib.as_array(lib.llama_get_logits(ctx), shape=(len(ids), n_vocab))
+        out.append(rows.astype(np.float32))
+    np.save(sys.stdout.buffer, np.stack(out))
+    """
+)
+
+
+@pytest.mark.integration
+def test_widened_default_model_computes_what_the_shipped_one_does():
+    """Same weights, so the same next-token choices and logits within float noise (the AMX
+    kernels sum in another order), in a child so that a crash fails the test, not the run."""
+    import io
+
+    shipped, chosen = default_paths()
+    if chosen == shipped:
+        from chatforge.models.gguf_widen import widened
+
+        chosen = widened(shipped, progress=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOGITS, str(shipped), str(chosen)], capture_output=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    both = np.load(io.BytesIO(proc.stdout))
+    base, wide = both[0], both[1]
+    assert (base.argmax(axis=1) == wide.argmax(axis=1)).mean() >= 15 / 16
+    assert np.corrcoef(base.ravel(), wide.ravel())[0, 1] > 0.999
+
+
+HYBRID_TURNS = textwrap.dedent(
+    """
+    import threading
+    from chatforge.engines.base import SamplingParams
+    from chatforge.engines.select import build_engine
+
+    built = build_engine("default", "hybrid")
+    engine, tokenizer = built.engine, built.tokenizer
+    made = []
+
+    def ask(text):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text * 3}], add_generation_prompt=True,
+                                            return_dict=False)
+        chunks = list(engine.stream(ids, SamplingParams(do_sample=False, max_new_tokens=6)))
+        made.append(chunks[-1].stats.completion_tokens)
+
+    for turn in range(3):  # two requests at a time: decode steps of two rows use the tile kernels
+        pair = [threading.Thread(target=ask, args=(f"[{turn}.{i}] Write a haiku about the sea. ",)) for i in range(2)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+    print("PREFILLED", engine.prefilled_tokens, "MADE", sum(made), "FILE", engine.model_path.name)
+    engine.close()
+    """
+)
+
+
+@pytest.mark.integration
+def test_hybrid_decodes_after_pytorch_prefills_without_crashing():
+    """PyTorch's bf16 prefill releases the AMX tiles llama.cpp configured once per thread: the
+    two ran on the batch thread in turn, and the first two-row decode step after a prefill died
+    of SIGILL. Each turn here is a PyTorch prefill, then llama.cpp decode steps of two rows."""
+    default_paths()
+    from chatforge.engines.select import hybrid_fits
+
+    if not hybrid_fits("default"):
+        pytest.skip("no bf16 matrix units: the hybrid engine is not used here")
+    proc = subprocess.run([sys.executable, "-c", HYBRID_TURNS], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit status {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "MADE 36" in proc.stdout
+    prefilled = int(proc.stdout.split("PREFILLED")[1].split()[0])
+    assert prefilled > 0, proc.stdout
