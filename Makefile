@@ -21,7 +21,7 @@ $(PY):
 # On CPUs with AMX it is built without llama.cpp's AMX kernels unless LLAMA_AMX=1: GCC 12
 # drops, as dead stores, the writes that fill their tile configuration, and the first tile
 # instruction faults (the crash MODELS.md reports); -fno-tree-dse -fno-dse keep them, and
-# `make install LLAMA_AMX=1` builds that way (opt-in with CHATFORGE_LLAMA_AMX=1 at run time;
+# `make llama-amx` builds that way (used when CHATFORGE_LLAMA_AMX=1 at run time;
 # docs/engines.md, "llama.cpp's AMX path"). Every AMX CPU has the AVX-512 set named here.
 # Without OpenMP (llama.cpp's own thread pool): PyTorch's libgomp, shared with an OpenMP
 # build, makes llama.cpp decode about 25% slower once PyTorch has computed in another

@@ -2,12 +2,12 @@
 
 llama.cpp multiplies Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS weights with AMX tiles
 (several rows) and AVX512-VNNI (one row) when it loads them into its AMX buffer type. On a
-2-vCPU Xeon that decodes the default model's four sequences about 1.5x as fast as its generic
-kernels (docs/benchmarks.md). Three things stand between that and a working engine:
+2-vCPU Xeon that decoded the default model's four sequences 2.5x as fast as the Makefile's
+default build (plain llama.cpp, docs/benchmarks.md). Three things stand between that and a working engine:
 
 * **Builds that fault on the first tile instruction.** GCC 12 removes, as dead stores, the
   writes that fill llama.cpp's tile configuration before ``ldtilecfg`` loads it; the tiles stay
-  unconfigured and the first ``tilezero`` raises SIGILL. The Makefile builds with
+  unconfigured and the first ``tilezero`` raises SIGILL. ``make llama-amx`` builds with
   ``-fno-tree-dse -fno-dse``; a build from elsewhere may not, so before the engine uses the
   path it runs a short decode with it in a child process (:func:`path_works`), once per
   llama.cpp library and model file, and keeps the verdict in the cache directory.
@@ -23,9 +23,9 @@ kernels (docs/benchmarks.md). Three things stand between that and a working engi
 
 The path is opt-in: ``CHATFORGE_LLAMA_AMX=1`` with a llama.cpp build that has it (``make
 llama-amx``). Without it, AMX CPUs with such a build load models without llama.cpp's extra
-buffer types, as before. Not yet the default: in one test of a session that used it, plain
-``llama_cpp.Llama`` once answered wrongly with an F16 model (not reproduced in seven later
-runs; docs/engines.md).
+buffer types, as before. Not yet the default: in the suite run with it, plain
+``llama_cpp.Llama`` answered wrongly twice in a row with an F16 model (not reproduced in
+seven later runs; docs/engines.md).
 """
 
 from __future__ import annotations
