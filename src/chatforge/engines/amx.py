@@ -167,7 +167,7 @@ def path_works(gguf: Path) -> bool:
     if not works:
         log.warning(
             "llama.cpp's AMX path failed on this machine (%s); using its other kernels. "
-            "`make install` builds llama-cpp-python with the compiler flags that avoid this",
+            "`make llama-amx` builds llama-cpp-python with the compiler flags that avoid this",
             detail,
         )
     known[key] = works
