@@ -10,32 +10,33 @@ PORT ?= 8000
 SERVE_ARGS ?=  # more `chatforge serve` options, e.g. SERVE_ARGS="--quantize iq4_nl"
 PYTEST_ARGS ?=
 
-.PHONY: run test install model lint clean llama-amx
+.PHONY: run test install model lint clean llama-cpp
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# llama-cpp-python (the llama.cpp engine) builds from source, about 4 minutes on 2 cores.
-# --no-cache-dir: never reuse a wheel built with other flags.
-# On CPUs with AMX it is built without llama.cpp's AMX kernels unless LLAMA_AMX=1: GCC 12
-# drops, as dead stores, the writes that fill their tile configuration, and the first tile
-# instruction faults (the crash MODELS.md reports); -fno-tree-dse -fno-dse keep them, and
-# `make llama-amx` builds that way (used when CHATFORGE_LLAMA_AMX=1 at run time;
-# docs/engines.md, "llama.cpp's AMX path"). Every AMX CPU has the AVX-512 set named here.
+# llama-cpp-python (the llama.cpp engine) builds from source: about 4 minutes on 2 cores,
+# 7 on CPUs with AMX. --no-cache-dir: never reuse a wheel built with other flags.
+# On CPUs with AMX it is built for this CPU with -fno-tree-dse -fno-dse: GCC 12 drops, as
+# dead stores, the writes that fill llama.cpp's AMX tile configuration, and the first tile
+# instruction faults (the crash MODELS.md reports); the flags keep them (docs/engines.md,
+# "llama.cpp's AMX path"). LLAMA_AMX=0 builds without the AMX kernels instead (every AMX CPU
+# has the AVX-512 set named here).
 # Without OpenMP (llama.cpp's own thread pool): PyTorch's libgomp, shared with an OpenMP
 # build, makes llama.cpp decode about 25% slower once PyTorch has computed in another
 # thread (docs/benchmarks.md). An installed OpenMP build is rebuilt, and so is one without
-# AMX when LLAMA_AMX=1 asks for it.
+# AMX on an AMX CPU; `make llama-cpp` rebuilds whatever is installed.
 LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_AMX ?= 0
+LLAMA_AMX ?= 1
 AMX_CPU := $(shell grep -qs amx_int8 /proc/cpuinfo && echo 1)
 NO_AMX_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 AMX_ARGS := -DCMAKE_CXX_FLAGS=-fno-tree-dse\ -fno-dse
 LLAMA_CMAKE_ARGS = -DGGML_OPENMP=OFF $(if $(AMX_CPU),$(if $(filter 1,$(LLAMA_AMX)),$(AMX_ARGS),$(NO_AMX_ARGS)))
 WANT_AMX = $(if $(AMX_CPU),$(if $(filter 1,$(LLAMA_AMX)),True,False),False)
 LLAMA_CPP_OK = import llama_cpp, sys; info = llama_cpp.llama_print_system_info(); sys.exit(b"OPENMP = 1" in info or ($(WANT_AMX) and b"AMX_INT8 = 1" not in info))
-LLAMA_CPP_BUILD = $(PY) -c '$(LLAMA_CPP_OK)' 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP)"
+LLAMA_CPP_INSTALL = CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP)"
+LLAMA_CPP_BUILD = $(PY) -c '$(LLAMA_CPP_OK)' 2>/dev/null || $(LLAMA_CPP_INSTALL)
 
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml Makefile | $(PY)
@@ -50,10 +51,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-# llama.cpp rebuilt with its AMX kernels (AMX CPUs; then serve with CHATFORGE_LLAMA_AMX=1).
-llama-amx: LLAMA_AMX = 1
-llama-amx: install
-	$(LLAMA_CPP_BUILD)
+# llama-cpp-python rebuilt with the flags above, whatever is installed (say, a build from
+# elsewhere whose AMX path crashed in chatforge's probe).
+llama-cpp: | $(PY)
+	$(LLAMA_CPP_INSTALL)
+	$(MAKE) install
 
 model: install
 	$(VENV)/bin/chatforge model fetch

@@ -3,7 +3,8 @@
 Each mode runs in its own child process, which loads the model, serves a 1,000-token
 prompt plus 32 new tokens, and reports its resident memory (RSS) after loading and its
 peak (``ru_maxrss``) at the end. Modes that need CUDA (bitsandbytes int8/int4) are listed
-as not measured when there is no GPU.
+as not measured when there is no GPU. On CPUs where llama.cpp's AMX path runs, the
+"AMX off" modes show what its buffer of repacked weights costs.
 
     .venv/bin/python benchmarks/memory.py [--modes llama.cpp,hybrid,transformers-bf16,transformers-fp32]
 """
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
+AMX_OFF = {"CHATFORGE_LLAMA_AMX": "0"}  # llama.cpp without its AMX buffer (engines/amx.py)
 MODES = {
     "llama.cpp": {"engine": "llama.cpp", "context_length": 4096},
+    "llama.cpp AMX off": {"engine": "llama.cpp", "context_length": 4096, "env": AMX_OFF},
     "hybrid": {"engine": "hybrid", "context_length": 4096},
+    "hybrid AMX off": {"engine": "hybrid", "context_length": 4096, "env": AMX_OFF},
     "llama.cpp iq4_nl": {"engine": "llama.cpp", "context_length": 4096, "quantize": "iq4_nl"},
     "hybrid iq4_nl": {"engine": "hybrid", "context_length": 4096, "quantize": "iq4_nl"},
     "transformers-bf16": {"engine": "transformers", "dtype": "bfloat16"},
@@ -59,12 +64,17 @@ def main() -> None:
     )
     print("| --- | --- | ---: | ---: | ---: |")
     for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
-        kwargs = MODES[mode]
+        kwargs = dict(MODES[mode])
+        env = {**os.environ, **kwargs.pop("env", {})}
         if kwargs.get("device") == "cuda" and not torch.cuda.is_available():
             print(f"| {mode} | — | not measured: no CUDA GPU here | | |", flush=True)
             continue
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(kwargs)], capture_output=True, text=True, timeout=900
+            [sys.executable, "-c", CHILD, json.dumps(kwargs)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
         )
         if proc.returncode != 0:
             print(f"| {mode} | failed: {proc.stderr.strip().splitlines()[-1][:120]} | | | |", flush=True)

@@ -303,8 +303,12 @@ def machine_info(threads: int | None) -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from chatforge.engines import amx
+    from chatforge.engines.select import llama_cpp_available
+
     return {
         "cpu": cpu,
+        "llama_amx": llama_cpp_available() and amx.enabled(),  # llama.cpp's AMX path, where its probe passes (engines/amx.py)
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": threads,
         "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

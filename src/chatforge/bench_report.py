@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 def report(results: Results, opts: BenchOptions) -> str:
     m = results.machine
     lines = [
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores; load average {m.get('load_before')} before, "
-        f"{m.get('load_after')} after; {m.get('when')}.",
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores"
+        f"{'; llama.cpp AMX path on' if m.get('llama_amx') else ''}; load average {m.get('load_before')} "
+        f"before, {m.get('load_after')} after; {m.get('when')}.",
         f"Model: {opts.model}{f' (GGUF re-quantized to {opts.quantize})' if opts.quantize else ''}; "
         f"greedy; median of {opts.runs} runs.",
         "",

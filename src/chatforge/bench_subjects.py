@@ -97,13 +97,28 @@ class RawTransformers(Subject):
 class RawLlamaCpp(Subject):
     def __init__(self, path: Path, threads: int | None, n_ctx: int = 4096) -> None:
         import llama_cpp
+        import llama_cpp.llama_cpp as low
 
-        from chatforge.engines.llamacpp import default_threads
+        from chatforge.engines.llamacpp import default_threads, extra_buffers_default
 
         threads = threads or default_threads()
-        self.llm = llama_cpp.Llama(
-            str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
-        )
+        # The AMX path where the engine uses it, no more (a build whose path crashes would
+        # end the bench); Llama() has no argument for it, so its default parameters say it.
+        extra = extra_buffers_default(path)
+        shipped = low.llama_model_default_params
+
+        def model_params() -> Any:
+            params = shipped()
+            params.use_extra_bufts = extra
+            return params
+
+        low.llama_model_default_params = model_params
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+        finally:
+            low.llama_model_default_params = shipped
         self.name = "plain llama_cpp.Llama"
 
     @on_llama_thread  # never a thread PyTorch runs in (engines/amx.py)
@@ -149,6 +164,7 @@ class PlainLlamaBatch:
         params = lib.llama_model_default_params()
         # AMX only where it works (engines/amx.py), as the engine does, unless told.
         params.use_extra_bufts = extra_buffers_default(path) if extra_buffers is None else extra_buffers
+        self.extra_buffers = bool(params.use_extra_bufts)
         self.model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")

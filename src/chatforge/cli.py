@@ -206,11 +206,15 @@ def add_model_command(sub: Any) -> None:
 
 
 def run_model_fetch(args: argparse.Namespace) -> int:
+    from chatforge.engines.select import llama_cpp_available, resolve_gguf
     from chatforge.models.embedded import DEFAULT, assemble_gguf, ensure_hf_dir
 
     gguf = assemble_gguf(DEFAULT)
     hf_dir = ensure_hf_dir(DEFAULT)
     print(f"default model ready: {hf_dir} (GGUF: {gguf})")
+    loaded = resolve_gguf("default") if llama_cpp_available() else gguf
+    if loaded != gguf:  # prepared now rather than on the first serve (engines/amx.py)
+        print(f"llama.cpp's AMX path works here: it loads {loaded}")
     return 0
 
 

@@ -60,25 +60,30 @@ def test_a_crashing_probe_turns_the_path_off_and_is_remembered(monkeypatch, tmp_
     assert amx.path_works(other) is True
 
 
-def test_the_path_is_opt_in(monkeypatch, tmp_path):
+def test_the_path_is_on_where_cpu_and_build_have_it_unless_turned_off(monkeypatch, tmp_path):
     from chatforge.engines import amx, llamacpp
 
     monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"not read")
-    for off in (None, "0", "off", ""):
-        if off is None:
+    for on in (None, "", "1", "yes"):
+        if on is None:
             monkeypatch.delenv("CHATFORGE_LLAMA_AMX", raising=False)
         else:
-            monkeypatch.setenv("CHATFORGE_LLAMA_AMX", off)
-        assert amx.enabled() is False
+            monkeypatch.setenv("CHATFORGE_LLAMA_AMX", on)
+        assert amx.enabled() is True, on
+    for off in ("0", "off", "False", " no "):
+        monkeypatch.setenv("CHATFORGE_LLAMA_AMX", off)
+        assert amx.enabled() is False, off
         assert amx.preferred_gguf(model) == model  # nothing widened, nothing probed
-        assert llamacpp.extra_buffers_default(model) is False  # as before: no AMX path
-    monkeypatch.setenv("CHATFORGE_LLAMA_AMX", "1")
-    assert amx.enabled() is True
+        assert llamacpp.extra_buffers_default(model) is False  # no AMX path
+    monkeypatch.delenv("CHATFORGE_LLAMA_AMX")
     monkeypatch.setattr(llamacpp, "built_with_amx", lambda: False)
-    assert amx.enabled() is False  # asked for, but the build has no AMX path
+    assert amx.enabled() is False  # the build has no AMX path
+    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
+    assert amx.enabled() is False  # nor the CPU
 
 
 # -- the real default model -------------------------------------------------------------
@@ -201,3 +206,14 @@ def test_hybrid_decodes_after_pytorch_prefills_without_crashing():
     assert "MADE 36" in proc.stdout
     prefilled = int(proc.stdout.split("PREFILLED")[1].split()[0])
     assert prefilled > 0, proc.stdout
+
+
+@pytest.mark.integration
+def test_model_fetch_prepares_the_file_llama_cpp_will_load(capsys):
+    from chatforge.cli import main
+
+    shipped, chosen = default_paths()
+    assert main(["model", "fetch"]) == 0
+    out = capsys.readouterr().out
+    assert f"(GGUF: {shipped})" in out
+    assert (f"it loads {chosen}" in out) == (chosen != shipped)

@@ -99,6 +99,30 @@ def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_e
         assert made[:2] == alone[:2]
 
 
+def test_plain_references_use_the_amx_path_exactly_where_the_engine_does(smollm_path, monkeypatch):
+    """A llama.cpp whose AMX path crashes (the probe's verdict) would end the bench in the
+    references; they load with the engine's choice of llama.cpp's extra buffer types."""
+    from chatforge import bench_subjects
+    from chatforge.engines import llamacpp
+
+    need_llama_cpp()
+    import llama_cpp.llama_cpp as low
+
+    shipped = low.llama_model_default_params
+    for extra in (False, True):
+        monkeypatch.setattr(llamacpp, "extra_buffers_default", lambda path, extra=extra: extra)
+        plain = bench_subjects.RawLlamaCpp(smollm_path, 1, n_ctx=256)
+        batch = bench_subjects.PlainLlamaBatch(smollm_path, 1, n_seq=1, n_ctx_per_seq=256)
+        try:
+            assert plain.llm.model_params.use_extra_bufts is batch.extra_buffers is extra
+            assert low.llama_model_default_params is shipped  # put back
+            assert plain.decode([1, 2, 3], 2)[1] > 0
+            assert batch.run([[1, 2, 3]], 2)["tokens"] == 2
+        finally:
+            plain.llm.close()
+            batch.close()
+
+
 def test_bench_quantize_measures_the_requantized_gguf_everywhere(smollm_path, tmp_path, monkeypatch):
     from chatforge import bench, bench_subjects, chat
 

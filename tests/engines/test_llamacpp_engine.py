@@ -210,7 +210,7 @@ def test_extra_buffer_types_wait_for_the_amx_probe_where_the_amx_path_could_run(
         monkeypatch.setattr(llamacpp, "built_with_amx", lambda build=build: build)
         assert llamacpp.extra_buffers_default(path) is expected, (cpu, build, path)
     assert verdicts == [tmp_path / "works.gguf", tmp_path / "crashes.gguf"]
-    monkeypatch.setattr(amx, "enabled", lambda: False)  # CHATFORGE_LLAMA_AMX not set
+    monkeypatch.setattr(amx, "enabled", lambda: False)  # CHATFORGE_LLAMA_AMX=0
     assert llamacpp.extra_buffers_default(tmp_path / "works.gguf") is False
 
 

@@ -7,7 +7,7 @@ default build (plain llama.cpp, docs/benchmarks.md). Three things stand between 
 
 * **Builds that fault on the first tile instruction.** GCC 12 removes, as dead stores, the
   writes that fill llama.cpp's tile configuration before ``ldtilecfg`` loads it; the tiles stay
-  unconfigured and the first ``tilezero`` raises SIGILL. ``make llama-amx`` builds with
+  unconfigured and the first ``tilezero`` raises SIGILL. ``make install`` builds with
   ``-fno-tree-dse -fno-dse``; a build from elsewhere may not, so before the engine uses the
   path it runs a short decode with it in a child process (:func:`path_works`), once per
   llama.cpp library and model file, and keeps the verdict in the cache directory.
@@ -21,11 +21,12 @@ default build (plain llama.cpp, docs/benchmarks.md). Three things stand between 
   none; :func:`preferred_gguf` swaps in a copy whose Q5_0 matrices are Q8_0 with the same
   values (:mod:`chatforge.models.gguf_widen`).
 
-The path is opt-in: ``CHATFORGE_LLAMA_AMX=1`` with a llama.cpp build that has it (``make
-llama-amx``). Without it, AMX CPUs with such a build load models without llama.cpp's extra
-buffer types, as before. Not yet the default: in the suite run with it, plain
-``llama_cpp.Llama`` answered wrongly twice in a row with an F16 model (not reproduced in
-seven later runs; docs/engines.md).
+The path is on wherever the CPU has AMX and the installed llama.cpp has it compiled in (the
+Makefile builds it so on AMX CPUs), once the probe has passed for the model;
+``CHATFORGE_LLAMA_AMX=0`` turns it off (llama.cpp then loads models without its extra buffer
+types). Its logits are those of llama.cpp's other kernels within rounding: F16 matrices go
+through an AVX-512 kernel that keeps the activations in float32, the quantized ones through
+int8 tiles (perplexity within 0.3% of the generic kernels', docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ def on_llama_thread(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def enabled() -> bool:
-    """Whether the AMX path is asked for (``CHATFORGE_LLAMA_AMX=1``), this CPU has AMX and
-    the installed llama.cpp has the path compiled in."""
+    """Whether this CPU has AMX, the installed llama.cpp has the path compiled in, and
+    ``CHATFORGE_LLAMA_AMX`` does not turn it off (``0``, ``false``, ``no``, ``off``)."""
     from chatforge.engines.llamacpp import built_with_amx, cpu_has_amx
 
-    if os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() in ("0", "false", "no", "off"):
         return False
     return cpu_has_amx() and built_with_amx()
 
@@ -167,7 +168,7 @@ def path_works(gguf: Path) -> bool:
     if not works:
         log.warning(
             "llama.cpp's AMX path failed on this machine (%s); using its other kernels. "
-            "`make llama-amx` builds llama-cpp-python with the compiler flags that avoid this",
+            "`make llama-cpp` rebuilds llama-cpp-python with the compiler flags that avoid this",
             detail,
         )
     known[key] = works

@@ -11,10 +11,10 @@ tokens after the longest common prefix. When every sequence is taken, the one id
 longest is given to the newcomer.
 
 On CPUs with AMX, llama.cpp's AMX matrix path (an "extra buffer type") crashes in builds
-that drop its tile configuration; with a build that has the path, extra buffer types are
-turned off there (``use_extra_bufts=False``) unless ``CHATFORGE_LLAMA_AMX=1`` asks for it,
-and then only once a child process has decoded with it (:mod:`chatforge.engines.amx`).
-``make install`` builds without the path, ``make llama-amx`` with it, working. The batch
+that drop its tile configuration; with a build that has the path, it is used once a child
+process has decoded the model with it, and extra buffer types are turned off
+(``use_extra_bufts=False``) where that failed or ``CHATFORGE_LLAMA_AMX=0`` says so
+(:mod:`chatforge.engines.amx`). ``make install`` builds the path so that it works. The batch
 thread runs llama.cpp only, never PyTorch.
 
 Flash attention is off by default: on CPU it changed greedy output against plain
@@ -78,16 +78,16 @@ def _system_info() -> bytes | None:
 @functools.cache
 def built_with_amx() -> bool:
     """Whether the installed llama.cpp has its AMX matrix path compiled in (assumed when its
-    build cannot be read). ``make install`` builds it without on AMX CPUs."""
+    build cannot be read). ``make install LLAMA_AMX=0`` builds it without on AMX CPUs."""
     info = _system_info()
     return info is None or b"AMX_INT8 = 1" in info
 
 
 def extra_buffers_default(path: str | Path | None = None) -> bool:
     """Whether to let llama.cpp use extra buffer types (repacked and AMX weights) for the
-    model at ``path``. Where the AMX path could run (an AMX CPU, a build that has it), only
-    when asked for (``CHATFORGE_LLAMA_AMX=1``) and once a child process has decoded ``path``
-    with it (:func:`chatforge.engines.amx.path_works`; some builds crash). Elsewhere they give
+    model at ``path``. Where the AMX path could run (an AMX CPU, a build that has it), unless
+    ``CHATFORGE_LLAMA_AMX=0``, and once a child process has decoded ``path`` with it
+    (:func:`chatforge.engines.amx.path_works`; some builds crash). Elsewhere they give
     weights repacked for the CPU's vector units (Q4_0: 4 sequences decode about 10% faster
     on an AMX Xeon without AMX in the build)."""
     if not (cpu_has_amx() and built_with_amx()):
