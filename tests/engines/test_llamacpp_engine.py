@@ -374,3 +374,18 @@ def test_installed_llama_cpp_build_is_safe_for_plain_use():
         f"plain llama_cpp.Llama crashed (exit {proc.returncode}): rebuild llama-cpp-python with the "
         f"flags in the Makefile (LLAMA_CMAKE_ARGS) and --no-cache-dir\n{proc.stderr[-2000:]}"
     )
+
+
+def test_the_load_log_says_whether_the_amx_path_is_on_and_why_not(monkeypatch):
+    from chatforge.engines import llamacpp
+
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
+    monkeypatch.setenv("CHATFORGE_LLAMA_AMX", "0")
+    assert llamacpp._extra_buffers_note(False, asked=False) == ", extra buffer types off (CHATFORGE_LLAMA_AMX=0)"
+    monkeypatch.delenv("CHATFORGE_LLAMA_AMX")
+    assert "AMX path failed its check" in llamacpp._extra_buffers_note(False, asked=False)
+    assert llamacpp._extra_buffers_note(False, asked=True) == ", extra buffer types off"
+    assert llamacpp._extra_buffers_note(True, asked=False) == ", AMX path on"
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
+    assert llamacpp._extra_buffers_note(True, asked=False) == ""  # repacked weights, nothing to say

@@ -87,9 +87,12 @@ def enabled() -> bool:
     ``CHATFORGE_LLAMA_AMX`` does not turn it off (``0``, ``false``, ``no``, ``off``)."""
     from chatforge.engines.llamacpp import built_with_amx, cpu_has_amx
 
-    if os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return cpu_has_amx() and built_with_amx()
+    return not turned_off() and cpu_has_amx() and built_with_amx()
+
+
+def turned_off() -> bool:
+    """Whether ``CHATFORGE_LLAMA_AMX`` turns the path off."""
+    return os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() in ("0", "false", "no", "off")
 
 
 def _library() -> Path | None:

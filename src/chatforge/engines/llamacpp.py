@@ -75,6 +75,18 @@ def _system_info() -> bytes | None:
     return info if isinstance(info, bytes) else str(info).encode()
 
 
+def _extra_buffers_note(on: bool, asked: bool) -> str:
+    """What the load log line says about llama.cpp's extra buffer types (the AMX path)."""
+    if not on:
+        from chatforge.engines import amx
+
+        if asked:
+            return ", extra buffer types off"
+        why = "CHATFORGE_LLAMA_AMX=0" if amx.turned_off() else "llama.cpp's AMX path failed its check here"
+        return f", extra buffer types off ({why})"
+    return ", AMX path on" if cpu_has_amx() and built_with_amx() else ""
+
+
 @functools.cache
 def built_with_amx() -> bool:
     """Whether the installed llama.cpp has its AMX matrix path compiled in (assumed when its
@@ -221,7 +233,7 @@ class LlamaCppEngine(BatchingEngine):
             per_sequence,
             threads,
             "on" if flash_attn else "off",
-            "" if mparams.use_extra_bufts else ", extra buffer types off (llama.cpp's AMX path unusable here)",
+            _extra_buffers_note(mparams.use_extra_bufts, asked=extra_buffers is not None),
         )
 
     # -- batching hooks --------------------------------------------------------------
