@@ -308,7 +308,8 @@ def machine_info(threads: int | None) -> dict[str, Any]:
 
     return {
         "cpu": cpu,
-        "llama_amx": llama_cpp_available() and amx.enabled(),  # llama.cpp's AMX path, where its probe passes (engines/amx.py)
+        # llama.cpp's AMX path, used for each model whose probe passes (engines/amx.py)
+        "llama_amx": llama_cpp_available() and amx.enabled(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": threads,
         "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -2,8 +2,8 @@
 
 llama.cpp multiplies Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS weights with AMX tiles
 (several rows) and AVX512-VNNI (one row) when it loads them into its AMX buffer type. On a
-2-vCPU Xeon that decoded the default model's four sequences 2.5x as fast as the Makefile's
-default build (plain llama.cpp, docs/benchmarks.md). Three things stand between that and a working engine:
+2-vCPU Xeon that decoded the default model's four sequences 2.5x as fast as a build without
+the path (plain llama.cpp, docs/benchmarks.md). Three things stand between that and a working engine:
 
 * **Builds that fault on the first tile instruction.** GCC 12 removes, as dead stores, the
   writes that fill llama.cpp's tile configuration before ``ldtilecfg`` loads it; the tiles stay
