@@ -21,8 +21,8 @@ $(PY):
 # On CPUs with AMX it is built for this CPU with -fno-tree-dse -fno-dse: GCC 12 drops, as
 # dead stores, the writes that fill llama.cpp's AMX tile configuration, and the first tile
 # instruction faults (the crash MODELS.md reports); the flags keep them (docs/engines.md,
-# "llama.cpp's AMX path"). LLAMA_AMX=0 builds without the AMX kernels instead (every AMX CPU
-# has the AVX-512 set named here).
+# "llama.cpp's AMX path"). `make llama-cpp LLAMA_AMX=0` builds without the AMX kernels
+# instead (every AMX CPU has the AVX-512 set named here).
 # Without OpenMP (llama.cpp's own thread pool): PyTorch's libgomp, shared with an OpenMP
 # build, makes llama.cpp decode about 25% slower once PyTorch has computed in another
 # thread (docs/benchmarks.md). An installed OpenMP build is rebuilt, and so is one without

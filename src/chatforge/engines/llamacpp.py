@@ -90,7 +90,7 @@ def _extra_buffers_note(on: bool, asked: bool) -> str:
 @functools.cache
 def built_with_amx() -> bool:
     """Whether the installed llama.cpp has its AMX matrix path compiled in (assumed when its
-    build cannot be read). ``make install LLAMA_AMX=0`` builds it without on AMX CPUs."""
+    build cannot be read). ``make llama-cpp LLAMA_AMX=0`` rebuilds it without on AMX CPUs."""
     info = _system_info()
     return info is None or b"AMX_INT8 = 1" in info
 
