@@ -110,12 +110,13 @@ def chat_prompt(model: Any, text: str) -> list[int]:
     return model.template.render([Message(Role.USER, text)], add_generation_prompt=True).ids
 
 
-def long_prompt(model: Any, length: int) -> list[int]:
-    """A chat prompt of exactly ``length`` tokens (a long document to summarise)."""
+def long_prompt(model: Any, length: int, tag: str = "") -> list[int]:
+    """A chat prompt of exactly ``length`` tokens (a long document to summarise); a ``tag``
+    at its start makes prompts that share no cached prefix."""
     filler = " ".join(
         f"Paragraph {i}: chatforge runs, extends and fine-tunes a local chat model." for i in range(400)
     )
-    ids = chat_prompt(model, "Summarise this document:\n" + filler)
+    ids = chat_prompt(model, tag + "Summarise this document:\n" + filler)
     tail = chat_prompt(model, "")[-5:]  # keep the end-of-turn and assistant header
     return ids[: length - len(tail)] + tail
 

@@ -267,24 +267,9 @@ def test_a_batched_prefill_gives_each_prompt_its_own_cache_and_logits(hybrid, sm
             assert float((mine - theirs).abs().max()) < 1e-3 * float(theirs.abs().max())
 
 
-def test_prompts_arriving_together_are_prefilled_in_one_pass(hybrid, smollm_tokenizer):
-    questions = [
-        "What is the capital of France? Answer in one word, please, and nothing else at all.",
-        "Name three colours of the rainbow, one word each, separated by commas, nothing else.",
-        "Write the numbers from one to five as words, separated by commas, and nothing else.",
-    ]
-    prompts = [chat_ids(smollm_tokenizer, q) for q in questions]
-    params = SamplingParams(do_sample=False, max_new_tokens=6)
-    for sequence in hybrid._sequences:
-        hybrid._clear(sequence)
-    alone = []
-    for ids in prompts:
-        before = hybrid.prefill_passes
-        alone.append(run(hybrid, ids, params)[0])
-        assert hybrid.prefill_passes == before + 1
-        for sequence in hybrid._sequences:
-            hybrid._clear(sequence)
-    hybrid.share_prefixes = False  # each prompt whole: all three wait for no one
+def arriving_together(hybrid, prompts, params) -> list:
+    """Run the prompts as requests that reach the engine's worker together: (tokens, last chunk) each."""
+    hybrid.share_prefixes = False  # each prompt whole: all of them wait for no one
     results: list = [None] * len(prompts)
     barrier = threading.Barrier(len(prompts))
 
@@ -292,10 +277,9 @@ def test_prompts_arriving_together_are_prefilled_in_one_pass(hybrid, smollm_toke
         barrier.wait()
         results[i] = run(hybrid, prompts[i], params)
 
-    passes, tokens = hybrid.prefill_passes, hybrid.prefilled_tokens
     gate = threading.Event()
     has_work = hybrid._has_work
-    # The worker sees no work until all three requests wait: it then admits them in one go
+    # The worker sees no work until all the requests wait: it then admits them in one go
     # (held later, at its step, it could already have taken the first one alone).
     hybrid._has_work = lambda: gate.is_set() and has_work()
     try:
@@ -314,7 +298,75 @@ def test_prompts_arriving_together_are_prefilled_in_one_pass(hybrid, smollm_toke
     finally:
         del hybrid._has_work
         hybrid.share_prefixes = True
+    return results
+
+
+def test_prompts_arriving_together_are_prefilled_in_one_pass(hybrid, smollm_tokenizer):
+    questions = [
+        "What is the capital of France? Answer in one word, please, and nothing else at all.",
+        "Name three colours of the rainbow, one word each, separated by commas, nothing else.",
+        "Write the numbers from one to five as words, separated by commas, and nothing else.",
+    ]
+    prompts = [chat_ids(smollm_tokenizer, q) for q in questions]
+    params = SamplingParams(do_sample=False, max_new_tokens=6)
+    for sequence in hybrid._sequences:
+        hybrid._clear(sequence)
+    alone = []
+    for ids in prompts:
+        before = hybrid.prefill_passes
+        alone.append(run(hybrid, ids, params)[0])
+        assert hybrid.prefill_passes == before + 1
+        for sequence in hybrid._sequences:
+            hybrid._clear(sequence)
+    passes, tokens = hybrid.prefill_passes, hybrid.prefilled_tokens
+    results = arriving_together(hybrid, prompts, params)
     assert hybrid.prefill_passes - passes == 1
     assert hybrid.prefilled_tokens - tokens == sum(len(p) for p in prompts)
     assert [r[0][:3] for r in results] == [a[:3] for a in alone]
     assert all(r[1].stats.computed_tokens == len(p) for r, p in zip(results, prompts))
+
+
+def test_short_prompts_are_prefilled_together_once_a_pass_is_worth_it(hybrid, smollm_tokenizer):
+    """``min_prefill`` counts the new tokens of a whole pass: a short prompt alone stays
+    with llama.cpp, two of them together go through transformers."""
+    prompts = [chat_ids(smollm_tokenizer, q) for q in ("Name a colour.", "Name a fruit.")]
+    params = SamplingParams(do_sample=False, max_new_tokens=4)
+    saved, hybrid.min_prefill = hybrid.min_prefill, max(len(p) for p in prompts) + 1
+    try:
+        for sequence in hybrid._sequences:
+            hybrid._clear(sequence)
+        passes, tokens = hybrid.prefill_passes, hybrid.prefilled_tokens
+        alone = [arriving_together(hybrid, [ids], params)[0] for ids in prompts]
+        assert (hybrid.prefill_passes, hybrid.prefilled_tokens) == (passes, tokens)
+        for sequence in hybrid._sequences:
+            hybrid._clear(sequence)
+        together = arriving_together(hybrid, prompts, params)
+    finally:
+        hybrid.min_prefill = saved
+    assert hybrid.prefill_passes == passes + 1
+    assert hybrid.prefilled_tokens == tokens + sum(len(p) for p in prompts)
+    assert [r[0][:2] for r in together] == [a[0][:2] for a in alone]
+    assert all(r[1].stats.computed_tokens == len(p) for r, p in zip(together, prompts))
+
+
+@pytest.mark.parametrize("extra_buffers", [False, None])
+def test_min_prefill_follows_llama_cpps_kernels(smollm_path, smollm_tokenizer, smollm_hf, extra_buffers):
+    """llama.cpp's AMX path computes prompts about three times as fast: the hybrid prefill
+    starts to pay later there (benchmarks/prefill_crossover.py)."""
+    from chatforge.engines.hybrid import AMX_MIN_PREFILL, DEFAULT_MIN_PREFILL, HybridEngine
+
+    engine = HybridEngine(
+        smollm_path,
+        smollm_tokenizer,
+        smollm_hf,
+        extra_buffers=extra_buffers,
+        context_length=256,
+        n_parallel=1,
+        n_threads=1,
+    )
+    try:
+        if extra_buffers is False:
+            assert not engine.extra_buffers
+        assert engine.min_prefill == (AMX_MIN_PREFILL if engine.extra_buffers else DEFAULT_MIN_PREFILL)
+    finally:
+        engine.close()

@@ -39,9 +39,12 @@ from chatforge.engines.llamacpp import LlamaCppEngine, _Sequence
 
 log = logging.getLogger(__name__)
 
-# Measured on the default model (benchmarks/prefill_crossover.py, docs/benchmarks.md): at 16
-# new prompt tokens both prefills take as long, at 32 the hybrid one is 1.5x faster.
+# Measured on the default model (benchmarks/prefill_crossover.py, docs/benchmarks.md), the
+# new prompt tokens from which the hybrid prefill is faster than llama.cpp's own: with the
+# generic kernels both take as long at 16 and the hybrid one is 1.8x faster at 32; llama.cpp's
+# AMX path computes prompts about three times as fast, and the two meet between 112 and 128.
 DEFAULT_MIN_PREFILL = 32
+AMX_MIN_PREFILL = 128
 _PROBE_TOLERANCE = 0.1  # mean relative difference of the layer-0 keys the probe accepts
 
 
@@ -123,11 +126,13 @@ class HybridEngine(LlamaCppEngine):
         tokenizer: Any,
         prefill_model: str | Path | Any,
         *,
-        min_prefill: int = DEFAULT_MIN_PREFILL,
+        min_prefill: int | None = None,
         prefill_dtype: str = "bfloat16",
         **options: Any,
     ) -> None:
         super().__init__(model_path, tokenizer, **options)
+        if min_prefill is None:
+            min_prefill = AMX_MIN_PREFILL if self.extra_buffers else DEFAULT_MIN_PREFILL
         self.min_prefill = max(2, int(min_prefill))
         self._hf = self._load_prefill_model(prefill_model, prefill_dtype)
         config = self._hf.config
@@ -209,13 +214,14 @@ class HybridEngine(LlamaCppEngine):
         log.info("hybrid prefill on (rotary layout %s, probe difference %.2f%%)", label, 100 * errors[label])
 
     # -- the hybrid prefill --------------------------------------------------------
-    # A prompt long enough for the transformers model is computed at the start of the next
-    # step, together with every other prompt admitted by then (one batched forward pass):
-    # four requests arriving together cost one pass instead of four.
+    # The prompts admitted by a step are computed at its start in batched transformers
+    # passes (four requests arriving together cost one pass instead of four), where a pass
+    # would hold at least ``min_prefill`` new tokens; llama.cpp computes the others itself,
+    # a chunk per step beside the decoding requests.
     def _admit(self, request: Request) -> bool:
         if not super()._admit(request):
             return False
-        if self.hybrid_prefill and len(request.todo) >= self.min_prefill:
+        if self.hybrid_prefill and len(request.todo) > 1:
             self._pending.append(request)
         return True
 
@@ -223,7 +229,8 @@ class HybridEngine(LlamaCppEngine):
         pending = [r for r in self._pending if r in self._active and not r.finished and r.todo]
         self._pending = []
         for group in prefill_groups([len(r.todo) for r in pending]):
-            self._prefill([pending[i] for i in group])
+            if sum(len(pending[i].todo) for i in group) >= self.min_prefill:
+                self._prefill([pending[i] for i in group])
         return super()._step()
 
     def _prefill(self, requests: list[Request]) -> None:

@@ -220,6 +220,7 @@ class LlamaCppEngine(BatchingEngine):
         self._sequences = [_Sequence(i) for i in range(n_parallel)]
         self.model_path = path
         self.n_threads = threads
+        self.extra_buffers = bool(mparams.use_extra_bufts)  # llama.cpp's AMX path (repacked weights)
         self.share_prefixes = share_prefixes
         self.shared_tokens = 0  # prompt tokens taken from other sequences' caches so far
         self.move_caches = True  # keep busy sequences side by side (see _place)
