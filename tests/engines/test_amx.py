@@ -60,6 +60,47 @@ def test_a_crashing_probe_turns_the_path_off_and_is_remembered(monkeypatch, tmp_
     assert amx.path_works(other) is True
 
 
+def test_the_probe_record_keeps_the_last_few_builds(monkeypatch, tmp_path):
+    """Each llama.cpp rebuild adds verdicts; those of builds no longer probed are dropped."""
+    need_llama_cpp()
+    from chatforge.engines import amx
+
+    monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(amx, "_PROBE", "print('AMX OK')")
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"a model")
+    libraries = []
+    for i in range(amx.KEEP_BUILDS + 2):
+        library = tmp_path / f"libggml-cpu-{i}.so"
+        library.write_bytes(b"build %d" % i)
+        libraries.append(library)
+
+    def probe_with(library):
+        monkeypatch.setattr(amx, "_library", lambda: library)
+        return amx.path_works(model)
+
+    def builds():
+        record = json.loads((tmp_path / "home" / "amx-probe.json").read_text())
+        return [key.split(":")[0] for key in record]
+
+    from chatforge.models.embedded import file_key
+
+    keys = [file_key(library) for library in libraries]
+    for library in libraries[: amx.KEEP_BUILDS]:
+        assert probe_with(library)
+    assert builds() == keys[: amx.KEEP_BUILDS]
+    # Build 0 used again (its verdict is known) and then a new model with it: build 0
+    # becomes the most recent, and the next new build pushes out build 1.
+    assert probe_with(libraries[0])
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"another model")
+    monkeypatch.setattr(amx, "_library", lambda: libraries[0])
+    assert amx.path_works(other)
+    assert builds() == keys[1 : amx.KEEP_BUILDS] + [keys[0], keys[0]]
+    assert probe_with(libraries[amx.KEEP_BUILDS])
+    assert builds() == keys[2 : amx.KEEP_BUILDS] + [keys[0], keys[0], keys[amx.KEEP_BUILDS]]
+
+
 def test_the_path_is_on_where_cpu_and_build_have_it_unless_turned_off(monkeypatch, tmp_path):
     from chatforge.engines import amx, llamacpp
 
@@ -171,6 +212,7 @@ HYBRID_TURNS = textwrap.dedent(
 
     built = build_engine("default", "hybrid")
     engine, tokenizer = built.engine, built.tokenizer
+    engine.min_prefill = 16  # these short prompts through PyTorch, whatever the default
     made = []
 
     def ask(text):

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_TIMEOUT = 300  # seconds; a load and two small decodes take a few
+KEEP_BUILDS = 4  # llama.cpp builds whose verdicts $CHATFORGE_HOME/amx-probe.json keeps
 
 
 class DedicatedThread:
@@ -148,7 +149,8 @@ def path_works(gguf: Path) -> bool:
     library = _library()
     if library is None:
         return False
-    key = f"{file_key(library)}:{file_key(Path(gguf))}"
+    build = file_key(library)
+    key = f"{build}:{file_key(Path(gguf))}"
     record = _probe_file()
     try:
         known = json.loads(record.read_text())
@@ -174,7 +176,12 @@ def path_works(gguf: Path) -> bool:
             "`make llama-cpp` rebuilds llama-cpp-python with the compiler flags that avoid this",
             detail,
         )
+    # Verdicts for the last few library builds probed only (a rebuild makes the old ones
+    # moot; a few are kept for venvs sharing this home with builds of their own).
+    known = dict(sorted(known.items(), key=lambda item: item[0].startswith(build + ":")))
     known[key] = works
+    builds = list(dict.fromkeys(k.split(":")[0] for k in known))[-KEEP_BUILDS:]
+    known = {k: v for k, v in known.items() if k.split(":")[0] in builds}
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_name(f".{record.name}.{os.getpid()}")
     partial.write_text(json.dumps(known, indent=1))
