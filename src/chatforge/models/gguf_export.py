@@ -251,10 +251,10 @@ def requantized(gguf_path: Path, gguf_type: str, progress: bool = True) -> Path:
 
 
 def _expected_size(source: Path, gguf_type: str) -> int:
-    import gguf
+    from chatforge.models.gguf_scan import tensors
 
     total = 0
-    for tensor in gguf.GGUFReader(str(source)).tensors:
+    for tensor in tensors(source):
         n = int(tensor.n_elements)
         bits = _BITS[gguf_type]
         if tensor.name == "output.weight" and gguf_type not in _OUTPUT_LIKE_BODY:

@@ -40,21 +40,18 @@ def q5_0_as_q8_0(raw: np.ndarray) -> np.ndarray:
     return out.reshape(*shape[:-1], shape[-1] // Q5_0_BLOCK * Q8_0_BLOCK)
 
 
-def _widenable(tensor: Any) -> bool:
+def _widenable(name: str, kind: int, shape: Any) -> bool:
     import gguf
 
-    return (
-        tensor.tensor_type == gguf.GGMLQuantizationType.Q5_0
-        and len(tensor.shape) >= 2
-        and tensor.name not in _LOOKUP_ONLY
-    )
+    return kind == gguf.GGMLQuantizationType.Q5_0 and len(shape) >= 2 and name not in _LOOKUP_ONLY
 
 
 def needs_widening(path: Path) -> bool:
-    """Whether ``path`` holds matrices :func:`widened` would rewrite."""
-    import gguf
+    """Whether ``path`` holds matrices :func:`widened` would rewrite (checked on every load
+    of the model: the tensor list alone, :mod:`chatforge.models.gguf_scan`)."""
+    from chatforge.models.gguf_scan import tensors
 
-    return any(_widenable(t) for t in gguf.GGUFReader(str(path)).tensors)
+    return any(_widenable(t.name, t.type, t.shape) for t in tensors(path))
 
 
 def widened(path: Path, progress: bool = True) -> Path:
@@ -78,7 +75,7 @@ def widened(path: Path, progress: bool = True) -> Path:
     for tensor in reader.tensors:
         data = np.asarray(tensor.data)  # quantized types: bytes, shaped (rows, bytes per row)
         kind = tensor.tensor_type
-        if _widenable(tensor):
+        if _widenable(tensor.name, tensor.tensor_type, tensor.shape):
             data, kind, widened_any = q5_0_as_q8_0(data), gguf.GGMLQuantizationType.Q8_0, True
         writer.add_tensor(tensor.name, data, raw_shape=data.shape, raw_dtype=kind)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if widened_any else _file_type(reader))
