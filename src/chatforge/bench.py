@@ -99,7 +99,8 @@ class Results:
     machine: dict[str, Any] = field(default_factory=dict)
     single: list[dict[str, Any]] = field(default_factory=list)
     prefill: list[dict[str, Any]] = field(default_factory=list)
-    turns: dict[str, list[float]] = field(default_factory=dict)
+    turns: dict[str, list[float]] = field(default_factory=dict)  # median TTFT per turn
+    turn_ratios: dict[str, list[float]] = field(default_factory=dict)  # each conversation's last/first
     streams: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -167,8 +168,12 @@ def measure_prefill(subjects: list[Subject], ids: list[int], opts: BenchOptions)
     return rows
 
 
-def measure_turns(model: Any, opts: BenchOptions) -> dict[str, list[float]]:
-    """TTFT per turn of one conversation, with its KV state kept and with none."""
+def measure_turns(model: Any, opts: BenchOptions) -> tuple[dict[str, list[float]], list[float]]:
+    """TTFT per turn of a conversation, with its KV state kept and with none: the median of
+    ``opts.runs`` conversations, and each conversation's last-turn / first-turn ratio (reuse).
+
+    Each conversation's system prompt carries its run number, so that nothing a previous
+    one left in the engine's caches is reused: every turn 1 computes its whole prompt."""
     from chatforge.engines.base import SamplingParams
     from chatforge.messages import Message, Role
 
@@ -176,25 +181,36 @@ def measure_turns(model: Any, opts: BenchOptions) -> dict[str, list[float]]:
     params = SamplingParams(
         do_sample=False, max_new_tokens=opts.turn_tokens, stop_token_ids=model.template.stop_token_ids
     )
-    state = engine.new_state()
-    messages: list[Message] = [Message(Role.SYSTEM, "You are a helpful assistant.")]
-    reuse, recompute = [], []
-    for turn in range(opts.turns):
-        messages.append(Message(Role.USER, QUESTIONS[turn % len(QUESTIONS)]))
-        ids = model.template.render(messages, add_generation_prompt=True).ids
-        chunks = list(engine.stream(ids, params, state=state))
-        reuse.append(1000 * (chunks[-1].stats.time_to_first_token or 0.0))
-        fresh = list(engine.stream(ids, uncached(1)))
-        recompute.append(1000 * (fresh[-1].stats.time_to_first_token or 0.0))
-        messages.append(Message(Role.ASSISTANT, "".join(c.text for c in chunks)))
-        log.info(
-            "turn %d: %d prompt tokens, TTFT %.0f ms (reuse) %.0f ms (recompute)",
-            turn + 1,
-            len(ids),
-            reuse[-1],
-            recompute[-1],
-        )
-    return {f"{engine.name} reuse": reuse, f"{engine.name} recompute": recompute}
+    reuse: list[list[float]] = [[] for _ in range(opts.turns)]
+    recompute: list[list[float]] = [[] for _ in range(opts.turns)]
+    ratios = []
+    for run in range(opts.runs):
+        state = engine.new_state()
+        messages: list[Message] = [Message(Role.SYSTEM, f"[{run + 1}] You are a helpful assistant.")]
+        for turn in range(opts.turns):
+            messages.append(Message(Role.USER, QUESTIONS[turn % len(QUESTIONS)]))
+            ids = model.template.render(messages, add_generation_prompt=True).ids
+            chunks = list(engine.stream(ids, params, state=state))
+            reuse[turn].append(1000 * (chunks[-1].stats.time_to_first_token or 0.0))
+            fresh = list(engine.stream(ids, uncached(1)))
+            recompute[turn].append(1000 * (fresh[-1].stats.time_to_first_token or 0.0))
+            messages.append(Message(Role.ASSISTANT, "".join(c.text for c in chunks)))
+            log.info(
+                "conversation %d, turn %d: %d prompt tokens (%d computed), TTFT %.0f ms (reuse) %.0f ms (recompute)",
+                run + 1,
+                turn + 1,
+                len(ids),
+                chunks[-1].stats.computed_tokens,
+                reuse[turn][-1],
+                recompute[turn][-1],
+            )
+        if reuse[0][-1]:
+            ratios.append(reuse[-1][-1] / reuse[0][-1])
+    medians = {
+        f"{engine.name} reuse": [statistics.median(t) for t in reuse],
+        f"{engine.name} recompute": [statistics.median(t) for t in recompute],
+    }
+    return medians, ratios
 
 
 def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> list[dict[str, Any]]:
@@ -348,7 +364,9 @@ def run_bench(opts: BenchOptions) -> Results:
         results.prefill = measure_prefill(subjects, long_prompt(first, opts.prefill_tokens), opts)
     if opts.turns:
         for model in models.values():
-            results.turns.update(measure_turns(model, opts))
+            medians, ratios = measure_turns(model, opts)
+            results.turns.update(medians)
+            results.turn_ratios[model.engine.name] = ratios
     if opts.streams:
         reference = _batch_reference(opts, models)
         try:

@@ -46,7 +46,7 @@ def report(results: Results, opts: BenchOptions) -> str:
     if results.turns:
         names = list(results.turns)
         lines += [
-            f"### {opts.turns}-turn conversation: TTFT per turn (ms)",
+            f"### {opts.turns}-turn conversation: TTFT per turn (ms, median of {opts.runs} conversations)",
             "",
             "| turn | " + " | ".join(names) + " |",
             "| ---: | " + " | ".join("---:" for _ in names) + " |",
@@ -90,9 +90,11 @@ def goals(results: Results, opts: BenchOptions) -> list[str]:
         goal: float,
         higher: bool = True,
         rounds: tuple[list[float] | None, list[float] | None] = (None, None),
+        per_round: list[float] | None = None,
     ) -> None:
         value = a / b if a is not None and b else None
-        per_round = [x / y for x, y in zip(*rounds) if y] if all(rounds) else []
+        if per_round is None:
+            per_round = [x / y for x, y in zip(*rounds) if y] if all(rounds) else []
         checks.append(
             (
                 label,
@@ -136,7 +138,14 @@ def goals(results: Results, opts: BenchOptions) -> list[str]:
         )
     reuse = results.turns.get(f"{engine} reuse")
     if reuse and len(reuse) >= 2:
-        ratio(f"turn-{len(reuse)} TTFT / turn-1 TTFT", reuse[-1], reuse[0], 1.2, higher=False)
+        ratio(
+            f"turn-{len(reuse)} TTFT / turn-1 TTFT",
+            reuse[-1],
+            reuse[0],
+            1.2,
+            higher=False,
+            per_round=results.turn_ratios.get(engine, []),
+        )
     served = {r["streams"]: r for r in results.streams if r["path"].startswith(f"HTTP server -> {engine} ")}
     direct = {r["streams"]: r for r in results.streams if r["path"] == f"{engine} engine directly"}
     if 4 in served:

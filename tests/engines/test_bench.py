@@ -32,6 +32,7 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
     assert all(r["decode_tps"] > 0 for r in results.single)
     assert [r["tokens"] for r in results.prefill] == [64] * len(subjects)
     assert len(results.turns["llama.cpp reuse"]) == 2
+    assert len(results.turn_ratios["llama.cpp"]) == opts.runs  # one conversation per run
     paths = {(r["path"].split(" ")[0], r["streams"]) for r in results.streams}
     assert paths == {(first, n) for first in ("llama.cpp", "HTTP", "plain") for n in (1, 2)}
     assert all(r["tokens"] == 4 * r["streams"] for r in results.streams)
