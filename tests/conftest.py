@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from smollm import smollm_gguf  # noqa: E402
 from tiny import make_model, make_tokenizer  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tries to reach a hub fails at once
@@ -34,6 +35,23 @@ def tiny_chat(tiny_model, tiny_tokenizer):
 
     engine = TransformersEngine(tiny_model, tiny_tokenizer)
     return ChatModel(engine, get_template("hf", tiny_tokenizer), name="tiny", model=tiny_model)
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    return smollm_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm_fp32(smollm_path):
+    """SmolLM2-135M loaded by transformers from its GGUF in float32, once for the session
+    (about 25 s each time): tests that change it work on a ``copy.deepcopy``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        smollm_path.parent, gguf_file=smollm_path.name, dtype=torch.float32, local_files_only=True
+    ).eval()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ llama.cpp state bytes it writes."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -60,14 +61,11 @@ def test_foreign_state_bytes_are_refused():
 
 
 @pytest.fixture(scope="module")
-def smollm_hf(smollm_path):
+def smollm_hf(smollm_fp32):
     need_llama_cpp()
     import torch
-    from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        smollm_path.parent, gguf_file=smollm_path.name, dtype=torch.bfloat16, local_files_only=True
-    ).eval()
+    return copy.deepcopy(smollm_fp32).to(torch.bfloat16).eval()
 
 
 @pytest.fixture(scope="module")
@@ -231,21 +229,17 @@ def test_prefill_groups_batch_prompts_of_similar_length():
     assert prefill_groups([600] * 4, max_tokens=2048) == [[0, 1, 2], [3]]
 
 
-def test_a_batched_prefill_gives_each_prompt_its_own_cache_and_logits(hybrid, smollm_path, smollm_tokenizer):
+def test_a_batched_prefill_gives_each_prompt_its_own_cache_and_logits(hybrid, smollm_fp32, smollm_tokenizer):
     """Rows of different lengths, with and without a cached prefix, computed together: the
     same keys, values and logits as each computed alone (in float32, where a batch's
     different summation order stays far below what a wrong mask or position would do)."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
     long_ids = chat_ids(smollm_tokenizer, LONG)
     short_ids = chat_ids(smollm_tokenizer, "Name a colour.")
     other = chat_ids(smollm_tokenizer, "What is the capital of Italy? Answer in one word.")
     sequence = hybrid._sequences[0]
     bf16 = hybrid._hf
-    hybrid._hf = AutoModelForCausalLM.from_pretrained(
-        smollm_path.parent, gguf_file=smollm_path.name, dtype=torch.float32, local_files_only=True
-    ).eval()
+    hybrid._hf = smollm_fp32
     try:
         hybrid._clear(sequence)
         keys, values, _ = hybrid._hf_prefill(other[:9], None)

