@@ -5,7 +5,7 @@ prefilling through transformers and with llama.cpp computing the prompt itself (
 engine with ``min_prefill`` set out of reach), taking turns run by run. The crossover is
 where ``DEFAULT_MIN_PREFILL`` in ``chatforge.engines.hybrid`` comes from.
 
-    .venv/bin/python benchmarks/prefill_crossover.py --lengths 8,16,32,48,64,128,256,1000
+    .venv/bin/python benchmarks/prefill_crossover.py --lengths 16,32,48,64,128,256,1000
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ def prompt(model, length: int, tag: str) -> list[int]:
         return long_prompt(model, length, tag)
     # Short: the tag, then the end of a chat prompt (end of turn, assistant header).
     head = model.tokenizer(tag, add_special_tokens=False)["input_ids"]
+    if length <= len(head):
+        raise SystemExit(f"--lengths: {length} tokens leave no room after the run's tag ({len(head)} tokens)")
     return head + long_prompt(model, 64)[len(head) - length :]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="8,16,32,48,64,128,256,1000")
+    p.add_argument("--lengths", default="16,32,48,64,128,256,1000")
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
     model = load_model("default", engine="hybrid", context_length=4096)

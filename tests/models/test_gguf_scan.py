@@ -53,6 +53,10 @@ def test_files_that_are_not_gguf_are_named_in_the_error(tmp_path):
     other.write_bytes(b"PK\x03\x04 a zip file, say")
     with pytest.raises(GGUFScanError, match="weights.bin: not a GGUF file"):
         tensors(other)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(GGUFScanError, match="empty.gguf: not a GGUF file"):
+        tensors(empty)
     whole = write_sample(tmp_path / "sample.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[:2000])  # inside the vocabulary

