@@ -345,7 +345,7 @@ def test_short_prompts_are_prefilled_together_once_a_pass_is_worth_it(hybrid, sm
 
 @pytest.mark.parametrize("extra_buffers", [False, None])
 def test_min_prefill_follows_llama_cpps_kernels(smollm_path, smollm_tokenizer, smollm_hf, extra_buffers):
-    """llama.cpp's AMX path computes prompts about three times as fast: the hybrid prefill
+    """llama.cpp's AMX path computes short prompts two to three times as fast: the hybrid prefill
     starts to pay later there (benchmarks/prefill_crossover.py)."""
     from chatforge.engines.hybrid import AMX_MIN_PREFILL, DEFAULT_MIN_PREFILL, HybridEngine
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # Measured on the default model (benchmarks/prefill_crossover.py, docs/benchmarks.md), the
 # new prompt tokens from which the hybrid prefill is faster than llama.cpp's own: with the
 # generic kernels both take as long at 16 and the hybrid one is 1.8x faster at 32; llama.cpp's
-# AMX path computes prompts about three times as fast, and the two meet between 112 and 128.
+# AMX path computes short prompts two to three times as fast, and the two meet between 112 and 128.
 DEFAULT_MIN_PREFILL = 32
 AMX_MIN_PREFILL = 128
 _PROBE_TOLERANCE = 0.1  # mean relative difference of the layer-0 keys the probe accepts
