@@ -101,6 +101,8 @@ class Results:
     prefill: list[dict[str, Any]] = field(default_factory=list)
     turns: dict[str, list[float]] = field(default_factory=dict)  # median TTFT per turn
     turn_ratios: dict[str, list[float]] = field(default_factory=dict)  # each conversation's last/first
+    # Per engine, the median prompt length and tokens computed (cache reused) of each turn.
+    turn_tokens: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     streams: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -168,9 +170,12 @@ def measure_prefill(subjects: list[Subject], ids: list[int], opts: BenchOptions)
     return rows
 
 
-def measure_turns(model: Any, opts: BenchOptions) -> tuple[dict[str, list[float]], list[float]]:
+def measure_turns(
+    model: Any, opts: BenchOptions
+) -> tuple[dict[str, list[float]], list[float], dict[str, list[float]]]:
     """TTFT per turn of a conversation, with its KV state kept and with none: the median of
-    ``opts.runs`` conversations, and each conversation's last-turn / first-turn ratio (reuse).
+    ``opts.runs`` conversations, each conversation's last-turn / first-turn ratio (reuse),
+    and the median prompt length and tokens computed with reuse per turn.
 
     Each conversation's system prompt carries its run number, so that nothing a previous
     one left in the engine's caches is reused: every turn 1 computes its whole prompt."""
@@ -183,6 +188,8 @@ def measure_turns(model: Any, opts: BenchOptions) -> tuple[dict[str, list[float]
     )
     reuse: list[list[float]] = [[] for _ in range(opts.turns)]
     recompute: list[list[float]] = [[] for _ in range(opts.turns)]
+    prompts: list[list[int]] = [[] for _ in range(opts.turns)]
+    computed: list[list[int]] = [[] for _ in range(opts.turns)]
     ratios = []
     for run in range(opts.runs):
         state = engine.new_state()
@@ -192,6 +199,8 @@ def measure_turns(model: Any, opts: BenchOptions) -> tuple[dict[str, list[float]
             ids = model.template.render(messages, add_generation_prompt=True).ids
             chunks = list(engine.stream(ids, params, state=state))
             reuse[turn].append(1000 * (chunks[-1].stats.time_to_first_token or 0.0))
+            prompts[turn].append(len(ids))
+            computed[turn].append(chunks[-1].stats.computed_tokens)
             fresh = list(engine.stream(ids, uncached(1)))
             recompute[turn].append(1000 * (fresh[-1].stats.time_to_first_token or 0.0))
             messages.append(Message(Role.ASSISTANT, "".join(c.text for c in chunks)))
@@ -200,7 +209,7 @@ def measure_turns(model: Any, opts: BenchOptions) -> tuple[dict[str, list[float]
                 run + 1,
                 turn + 1,
                 len(ids),
-                chunks[-1].stats.computed_tokens,
+                computed[turn][-1],
                 reuse[turn][-1],
                 recompute[turn][-1],
             )
@@ -210,7 +219,11 @@ def measure_turns(model: Any, opts: BenchOptions) -> tuple[dict[str, list[float]
         f"{engine.name} reuse": [statistics.median(t) for t in reuse],
         f"{engine.name} recompute": [statistics.median(t) for t in recompute],
     }
-    return medians, ratios
+    tokens = {
+        "prompt": [statistics.median(t) for t in prompts],
+        "computed": [statistics.median(t) for t in computed],
+    }
+    return medians, ratios, tokens
 
 
 def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> list[dict[str, Any]]:
@@ -344,7 +357,9 @@ def run_bench(opts: BenchOptions) -> Results:
         options = {"n_threads": opts.threads} if opts.threads else {}
         gguf = engine in ("llama.cpp", "hybrid")
         if gguf:
-            options["n_parallel"] = max([*opts.streams, 1])
+            # The 10-turn test needs two sequences: the conversation's, and one for the
+            # recompute run between its turns (with one, that run evicted the conversation).
+            options["n_parallel"] = max([*opts.streams, 2 if opts.turns else 1])
         # 4,096 tokens per sequence holds every prompt here (the default, 8,192, doubles the KV memory).
         context = 4096 if gguf else None
         models[engine] = load_model(
@@ -364,9 +379,10 @@ def run_bench(opts: BenchOptions) -> Results:
         results.prefill = measure_prefill(subjects, long_prompt(first, opts.prefill_tokens), opts)
     if opts.turns:
         for model in models.values():
-            medians, ratios = measure_turns(model, opts)
+            medians, ratios, tokens = measure_turns(model, opts)
             results.turns.update(medians)
             results.turn_ratios[model.engine.name] = ratios
+            results.turn_tokens[model.engine.name] = tokens
     if opts.streams:
         reference = _batch_reference(opts, models)
         try:

@@ -45,14 +45,21 @@ def report(results: Results, opts: BenchOptions) -> str:
         lines.append("")
     if results.turns:
         names = list(results.turns)
+        counts = [
+            (f"{engine}: {label}", values)
+            for engine, tokens in results.turn_tokens.items()
+            for label, values in (("prompt tokens", tokens["prompt"]), ("computed (reuse)", tokens["computed"]))
+        ]
+        header = names + [label for label, _ in counts]
         lines += [
             f"### {opts.turns}-turn conversation: TTFT per turn (ms, median of {opts.runs} conversations)",
             "",
-            "| turn | " + " | ".join(names) + " |",
-            "| ---: | " + " | ".join("---:" for _ in names) + " |",
+            "| turn | " + " | ".join(header) + " |",
+            "| ---: | " + " | ".join("---:" for _ in header) + " |",
         ]
         for i in range(opts.turns):
-            lines.append(f"| {i + 1} | " + " | ".join(f"{results.turns[n][i]:.0f}" for n in names) + " |")
+            cells = [f"{results.turns[n][i]:.0f}" for n in names] + [f"{values[i]:.0f}" for _, values in counts]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
         lines.append("")
     if results.streams:
         lines += [

@@ -49,6 +49,34 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_turns_only_bench_keeps_the_conversation_cached_between_its_turns(smollm_path):
+    """The recompute run between two turns takes a sequence of its own: with one sequence
+    (a bench without streams used to load one) it evicted the conversation, and every turn
+    recomputed the previous reply."""
+    need_llama_cpp()
+    opts = BenchOptions(
+        model=str(smollm_path),
+        engines=["llama.cpp"],
+        runs=1,
+        tokens=2,
+        prefill_tokens=0,
+        turns=3,
+        turn_tokens=6,
+        streams=[],
+        threads=1,
+        references=False,
+    )
+    results = run_bench(opts)
+    tokens = results.turn_tokens["llama.cpp"]
+    prompt, computed = tokens["prompt"], tokens["computed"]
+    assert computed[0] >= prompt[0] - 8  # turn 1 computes its prompt (but a shared template head)
+    for turn in (1, 2):
+        # The previous prompt and the reply (but its last token) come from the cache.
+        assert computed[turn] < prompt[turn] - prompt[turn - 1], (turn, prompt, computed)
+    text = report(results, opts)
+    assert "| llama.cpp: prompt tokens | llama.cpp: computed (reuse) |" in text
+
+
 def test_goal_verdicts_tell_parity_within_noise_from_a_miss():
     from chatforge.bench import Results, goals
 
