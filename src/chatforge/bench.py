@@ -340,6 +340,8 @@ def machine_info(threads: int | None) -> dict[str, Any]:
         "cpu": cpu,
         # llama.cpp's AMX path, used for each model whose probe passes (engines/amx.py)
         "llama_amx": llama_cpp_available() and amx.enabled(),
+        # chatforge's patched llama.cpp (its references use the same library)
+        "llama_patched": llama_cpp_available() and amx.small_batch_kernels(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": threads,
         "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -15,9 +15,13 @@ if TYPE_CHECKING:
 
 def report(results: Results, opts: BenchOptions) -> str:
     m = results.machine
+    amx = ""
+    if m.get("llama_amx"):
+        amx = "; llama.cpp AMX path on"
+        if m.get("llama_patched"):
+            amx += " with chatforge's small-batch kernels (the plain llama.cpp references too)"
     lines = [
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores"
-        f"{'; llama.cpp AMX path on' if m.get('llama_amx') else ''}; load average {m.get('load_before')} "
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores{amx}; load average {m.get('load_before')} "
         f"before, {m.get('load_after')} after; {m.get('when')}.",
         f"Model: {opts.model}{f' (GGUF re-quantized to {opts.quantize})' if opts.quantize else ''}; "
         f"greedy; median of {opts.runs} runs.",

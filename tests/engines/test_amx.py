@@ -259,3 +259,82 @@ def test_model_fetch_prepares_the_file_llama_cpp_will_load(capsys):
     out = capsys.readouterr().out
     assert f"(GGUF: {shipped})" in out
     assert (f"it loads {chosen}" in out) == (chosen != shipped)
+
+
+@pytest.mark.integration
+def test_make_install_builds_llama_cpp_with_chatforges_patch_where_it_has_the_amx_path():
+    """The Makefile builds llama-cpp-python from its source release with patches/ applied on
+    AMX CPUs; an AMX build without them is the plain one, whose few-row steps are slower."""
+    pytest.importorskip("llama_cpp")
+    from chatforge.engines import amx
+    from chatforge.engines.llamacpp import built_with_amx, cpu_has_amx
+
+    if not (cpu_has_amx() and built_with_amx()):
+        pytest.skip("no AMX path here: the patch changes nothing that is compiled")
+    assert amx.small_batch_kernels(), f"{amx._library()} lacks {amx.PATCH_MARK!r}: run `make llama-cpp`"
+
+
+FEW_ROWS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import llama_cpp as lib
+    from chatforge.engines.llamacpp import extra_buffers_default
+    path = sys.argv[1]
+    lib.llama_backend_init()
+    params = lib.llama_model_default_params()
+    params.use_extra_bufts = extra_buffers_default(path)
+    model = lib.llama_model_load_from_file(path.encode(), params)
+    cparams = lib.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = 256, 64, 64, 4
+    cparams.kv_unified = False
+    cparams.n_threads = cparams.n_threads_batch = 2
+    ctx = lib.llama_init_from_model(model, cparams)
+    memory = lib.llama_get_memory(ctx)
+    batch = lib.llama_batch_init(64, 0, 1)
+    n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+
+    def decode(items):  # (token, position, sequence); the logits of every item
+        for j, (token, pos, seq) in enumerate(items):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j] = token, pos, 1
+            batch.seq_id[j][0], batch.logits[j] = seq, 1
+        batch.n_tokens = len(items)
+        assert lib.llama_decode(ctx, batch) == 0
+        return np.ctypeslib.as_array(lib.llama_get_logits(ctx), shape=(len(items), n_vocab)).copy()
+
+    prompt = [9707, 11, 1246, 525, 498, 30, 220, 56568, 52801, 3837, 104014]
+    for seq in range(4):  # a prompt of its own each
+        decode([(token, j, seq) for j, token in enumerate(prompt + [100 + seq])])
+    n = len(prompt) + 1
+    out = []
+    for rows in (2, 3, 4):
+        step = [(200 + 7 * seq, n, seq) for seq in range(rows)]
+        together = decode(step)
+        for seq in range(rows):
+            lib.llama_memory_seq_rm(memory, seq, n, -1)
+        alone = np.stack([decode([item])[0] for item in step])
+        for seq in range(rows):
+            lib.llama_memory_seq_rm(memory, seq, n, -1)
+        out.append(np.stack([together, alone]))
+    np.save(sys.stdout.buffer, np.concatenate(out, axis=1).astype(np.float32))
+    """
+)
+
+
+@pytest.mark.integration
+def test_a_step_of_a_few_sequences_computes_what_each_alone_does():
+    """Decode steps of 2, 3 and 4 sequences (the patched build's few-row VNNI kernel for the
+    Q8_0 matrices, the tile kernels for the others) against each sequence's step alone (the
+    one-row kernels), on the default model as the engine loads it, in a child process."""
+    import io
+
+    _, chosen = default_paths()
+    proc = subprocess.run([sys.executable, "-c", FEW_ROWS, str(chosen)], capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    together, alone = np.load(io.BytesIO(proc.stdout))
+    assert together.shape[0] == 2 + 3 + 4
+    assert (together.argmax(axis=1) == alone.argmax(axis=1)).all()
+    scale = np.abs(alone).max(axis=1, keepdims=True)
+    assert (np.abs(together - alone) / scale).max() < 2e-3, (np.abs(together - alone) / scale).max(axis=1)
+    # Each row is its own sequence's: distinct prompts give distinct logits.
+    assert np.abs(alone[0] - alone[1]).max() > 0.1 * scale[0, 0]

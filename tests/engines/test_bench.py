@@ -263,3 +263,39 @@ def test_server_overhead_is_the_median_of_the_rounds_paired_ratios():
         r"\| server overhead at 4 stream\(s\) \| 0\.01 \| ≤ 0\.05 \| yes \| 0\.01, 0\.02, 0\.18, 0\.01, 0\.01 \|",
         text,
     )
+
+
+def test_decode_steps_script_times_each_build_in_a_child(smollm_path):
+    """benchmarks/decode_steps.py on a small GGUF: a table row per build, a figure per
+    sequence count, and whether the build carries chatforge's patch."""
+    need_llama_cpp()
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_steps.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--model",
+            str(smollm_path),
+            "--builds",
+            "mine=installed",
+            "--sequences",
+            "1,2",
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| mine |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] in ("yes", "no") and len(cells) == 4
+    assert all(re.fullmatch(r"\d+\.\d \(\d+\.\d\)", c) for c in cells[2:]), row

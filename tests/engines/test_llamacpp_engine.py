@@ -386,6 +386,11 @@ def test_the_load_log_says_whether_the_amx_path_is_on_and_why_not(monkeypatch):
     monkeypatch.delenv("CHATFORGE_LLAMA_AMX")
     assert "AMX path failed its check" in llamacpp._extra_buffers_note(False, asked=False)
     assert llamacpp._extra_buffers_note(False, asked=True) == ", extra buffer types off"
+    from chatforge.engines import amx
+
+    monkeypatch.setattr(amx, "small_batch_kernels", lambda: False)
     assert llamacpp._extra_buffers_note(True, asked=False) == ", AMX path on"
+    monkeypatch.setattr(amx, "small_batch_kernels", lambda: True)  # chatforge's patched build
+    assert llamacpp._extra_buffers_note(True, asked=False) == ", AMX path on (with chatforge's small-batch kernels)"
     monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
     assert llamacpp._extra_buffers_note(True, asked=False) == ""  # repacked weights, nothing to say

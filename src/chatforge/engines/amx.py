@@ -16,10 +16,18 @@ the path (plain llama.cpp, docs/benchmarks.md). Three things stand between that 
   llama.cpp, then PyTorch, then llama.cpp again faults. So llama.cpp's calls and PyTorch's
   passes never share a thread: an engine's batch thread runs llama.cpp only, the hybrid
   engine's prefill runs on :data:`TORCH_THREAD`, and llama.cpp calls made outside an engine
-  (the benchmarks' references, probes) on :data:`LLAMA_THREAD`.
+  (the benchmarks' references, probes) on :data:`LLAMA_THREAD`. (The build ``make install``
+  makes loads the configuration at every call, see below; builds from elsewhere do not.)
 * **Weights without an AMX kernel.** Most of the default GGUF's matrices are Q5_0, which has
   none; :func:`preferred_gguf` swaps in a copy whose Q5_0 matrices are Q8_0 with the same
   values (:mod:`chatforge.models.gguf_widen`).
+
+``make install`` builds llama.cpp with chatforge's patch (``patches/``,
+:func:`small_batch_kernels` tells): a decode step of two to four sequences multiplies Q8_0
+weights with AVX512-VNNI, each block of weights loaded once for all the rows, where the
+tile kernels padded the rows to 16 and stored and rescaled their sums in memory at every
+block of 32 along K (four sequences: 45–50 ms a step instead of 53–58, docs/benchmarks.md);
+and the tile configuration is loaded at every call.
 
 The path is on wherever the CPU has AMX and the installed llama.cpp has it compiled in (the
 Makefile builds it so on AMX CPUs), once the probe has passed for the model;
@@ -106,6 +114,21 @@ def _library() -> Path | None:
     return found[0] if found else None
 
 
+PATCH_MARK = b"chatforge-llama-patch: amx-small-batches-1"  # patches/llama-cpp-python-*/
+
+
+@functools.cache
+def small_batch_kernels() -> bool:
+    """Whether the installed llama.cpp carries chatforge's AMX patch (``make install`` builds
+    it so): 2–4-row products with Q8_0 weights through AVX512-VNNI, the tile configuration
+    loaded at every call."""
+    library = _library()
+    try:
+        return library is not None and PATCH_MARK in library.read_bytes()
+    except OSError:
+        return False
+
+
 _PROBE = r"""
 import sys
 import llama_cpp
@@ -131,6 +154,7 @@ def decode(tokens, start):
 decode(list(range(100, 108)), 0)  # several rows: the tile kernels
 decode([108], 8)  # one row: the VNNI kernels
 decode([109], 9)  # a second step on a thread that has run both
+decode([110, 111, 112], 10)  # three rows: the patched build's VNNI kernel for a few rows
 print("AMX OK")
 """
 

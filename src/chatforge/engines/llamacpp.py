@@ -84,7 +84,11 @@ def _extra_buffers_note(on: bool, asked: bool) -> str:
             return ", extra buffer types off"
         why = "CHATFORGE_LLAMA_AMX=0" if amx.turned_off() else "llama.cpp's AMX path failed its check here"
         return f", extra buffer types off ({why})"
-    return ", AMX path on" if cpu_has_amx() and built_with_amx() else ""
+    if not (cpu_has_amx() and built_with_amx()):
+        return ""
+    from chatforge.engines import amx
+
+    return ", AMX path on" + (" (with chatforge's small-batch kernels)" if amx.small_batch_kernels() else "")
 
 
 @functools.cache
