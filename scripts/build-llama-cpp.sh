@@ -22,7 +22,11 @@ tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
 src=$work/llama_cpp_python-$version
 for patch in "$patches"/*.patch; do
     echo "build-llama-cpp: applying $(basename "$patch")"
-    patch --quiet --forward --strip=1 --directory="$src" < "$patch"
+    if command -v patch > /dev/null; then
+        patch --quiet --forward --strip=1 --directory="$src" < "$patch"
+    else
+        (cd "$src" && git apply -p1 "$patch")
+    fi
 done
 echo "build-llama-cpp: building (about 4 minutes on 2 cores, 7 with the AMX kernels)"
 "$python" -m pip install --quiet --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps "$src"
