@@ -254,11 +254,11 @@ def plot(results: Results, path: str) -> None:
                     [r["streams"] for r in rows],
                     [r["aggregate_tps"] for r in rows],
                     marker="o",
-                    label=path_name,
+                    label=path_name.split(" (")[0],  # the path's name without its details
                 )
             ax.set_xlabel("concurrent streams")
             ax.set_ylabel("aggregate tokens/s")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
