@@ -91,11 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequences", default="1,2,4")
     p.add_argument("--steps", type=int, default=30, help="steps timed per sequence count (median)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the engine's)")
     args = p.parse_args(argv)
 
+    from chatforge.engines.llamacpp import default_threads
     from chatforge.engines.select import resolve_gguf
 
+    threads = args.threads or default_threads()
     path = str(resolve_gguf(args.model))
     builds = dict(item.split("=", 1) if "=" in item else (item, item) for item in args.builds.split(","))
     counts = [n.strip() for n in args.sequences.split(",")]
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.rounds):
         order = list(builds) if round_ % 2 == 0 else list(reversed(builds))
         for label in order:
-            got = measure(builds[label], path, ",".join(counts), args.steps, args.threads)
+            got = measure(builds[label], path, ",".join(counts), args.steps, threads)
             patched[label] = got["patched"]
             for n in counts:
                 runs[label][n].append(got["ms"][n])
