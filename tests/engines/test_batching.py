@@ -5,6 +5,7 @@ reuse; the sampler's top-p shortcut is exact."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import torch
@@ -70,6 +71,38 @@ def test_batched_steps_really_share_forward_passes(tiny_model, tiny_tokenizer, m
     prompts = [tiny_tokenizer.encode(t) for t in TEXTS[:4]]
     concurrently(engine, [(p, SamplingParams(do_sample=False, max_new_tokens=20), None) for p in prompts])
     assert max(batch_sizes) == 4
+    engine.close()
+
+
+def test_requests_sent_together_start_in_the_same_step(tiny_model, tiny_tokenizer, monkeypatch):
+    # Four requests reaching an idle engine a few milliseconds apart, as through the HTTP
+    # server: the worker waits for the last before its first pass, so no prompt holds the
+    # others back by a whole pass. (A long wait here, so that a slow machine passes too.)
+    engine = TransformersEngine(tiny_model, tiny_tokenizer, n_parallel=4)
+    engine.batch_wait = 0.25
+    steps = []
+    original = engine._forward
+
+    def spy(work):
+        steps.append(len(work))
+        return original(work)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    params = SamplingParams(do_sample=False, max_new_tokens=3)
+    prompts = [tiny_tokenizer.encode(t) for t in TEXTS[:4]]
+    results: list = [None] * 4
+
+    def send(i):
+        results[i] = run(engine, prompts[i], params)[0]
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(timeout=60)
+    assert steps[0] == 4, steps
+    assert results == [run(engine, p, params)[0] for p in prompts]
     engine.close()
 
 

@@ -54,6 +54,8 @@ def create_app(
     # Engines batch concurrent requests themselves: feed them as many as they can take.
     # (The UI's agent turns, whose code may run for a minute, have workers of their own.)
     workers = settings.workers or getattr(model.engine, "max_batch", 1)
+    if settings.batch_wait_ms is not None and hasattr(model.engine, "batch_wait"):
+        model.engine.batch_wait = settings.batch_wait_ms / 1000
     worker = GenerationWorker(
         settings.max_queue, workers, on_cancelled=lambda: metrics_holder["m"].cancelled.inc()
     )

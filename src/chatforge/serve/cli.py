@@ -52,6 +52,13 @@ def add_serve_command(sub: Any) -> None:
         default=8.0,
         help="request bodies over this many MiB get 413 (default: 8)",
     )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=None,
+        help="an idle engine waits this long for requests sent together, to start them in "
+        "one batch (default: 5; 0: start each at once)",
+    )
     g.add_argument("--no-ui", action="store_true", help="do not serve the web UI at /")
     a = p.add_argument_group("web UI agent (Tool and Code Interpreter modes)")
     a.add_argument(
@@ -79,6 +86,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise ValueError("--request-timeout must be positive")
     if args.max_body_mb <= 0:
         raise ValueError("--max-body-mb must be positive")
+    if args.batch_wait_ms is not None and not 0 <= args.batch_wait_ms <= 1000:
+        raise ValueError("--batch-wait-ms must be between 0 and 1000")
     return ServeSettings(
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         model_id=args.served_model_name,
@@ -88,6 +97,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         default_max_tokens=args.max_tokens,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         ui=not args.no_ui,
+        batch_wait_ms=args.batch_wait_ms,
     )
 
 

@@ -27,3 +27,6 @@ class ServeSettings:
     """Request bodies larger than this get 413 (None: no limit)."""
     ui: bool = True
     """Serve the web UI at ``/``."""
+    batch_wait_ms: float | None = None
+    """Milliseconds a batching engine, idle, waits for requests sent together before it
+    starts them (None: the engine's default, 5; 0: start each at once)."""

@@ -1,0 +1,32 @@
+"""``chatforge serve --batch-wait-ms``: how long an idle batching engine waits for requests
+sent together (see ``chatforge.engines.batching.BATCH_WAIT``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatforge.cli import build_parser
+from chatforge.engines.batching import BATCH_WAIT
+from chatforge.serve.app import create_app
+from chatforge.serve.cli import settings_from_args
+from chatforge.serve.settings import ServeSettings
+
+
+def serve_settings(*flags: str) -> ServeSettings:
+    return settings_from_args(build_parser().parse_args(["serve", "--model", "m", *flags]))
+
+
+def test_the_flag_sets_the_engines_wait(tiny_chat):
+    assert tiny_chat.engine.batch_wait == BATCH_WAIT
+    create_app(tiny_chat, serve_settings("--batch-wait-ms", "0"))
+    assert tiny_chat.engine.batch_wait == 0
+    create_app(tiny_chat, serve_settings("--batch-wait-ms", "12.5"))
+    assert tiny_chat.engine.batch_wait == pytest.approx(0.0125)
+    create_app(tiny_chat, serve_settings())  # not given: the engine keeps what it has
+    assert tiny_chat.engine.batch_wait == pytest.approx(0.0125)
+
+
+@pytest.mark.parametrize("value", ["-1", "5000"])
+def test_a_wait_out_of_range_is_refused_by_name(value):
+    with pytest.raises(ValueError, match="--batch-wait-ms"):
+        serve_settings("--batch-wait-ms", value)
