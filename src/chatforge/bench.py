@@ -235,11 +235,15 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
 
     params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
 
-    def direct_one(text: str) -> tuple[int, float]:
+    def direct_one(text: str) -> tuple[int, float, float]:
         ids = chat_prompt(model, text)
         started = time.perf_counter()
-        chunks = list(model.engine.stream(ids, params))
-        return chunks[-1].stats.completion_tokens, time.perf_counter() - started
+        first = None
+        for chunk in model.engine.stream(ids, params):
+            if first is None and chunk.token_ids:
+                first = time.perf_counter() - started
+        latency = time.perf_counter() - started
+        return chunk.stats.completion_tokens, latency, latency if first is None else first
 
     def direct(texts: list[str]) -> dict[str, Any]:
         return run_streams(len(texts), lambda i: direct_one(texts[i]))

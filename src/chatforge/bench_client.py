@@ -25,10 +25,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, Any]:
-    """Start ``n`` requests together (``one(i)`` returns tokens and latency); aggregate
-    tokens/s and latency percentiles."""
-    results: list[tuple[int, float]] = [(0, 0.0)] * n
+def run_streams(n: int, one: Callable[[int], tuple[int, float, float]]) -> dict[str, Any]:
+    """Start ``n`` requests together (``one(i)`` returns tokens, latency and time to the
+    first token); aggregate tokens/s, latency and time-to-first-token percentiles."""
+    results: list[tuple[int, float, float]] = [(0, 0.0, 0.0)] * n
     errors: list[BaseException] = []
     barrier = threading.Barrier(n)
 
@@ -50,6 +50,7 @@ def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, An
         raise RuntimeError(f"{len(errors)} of {n} streams failed: {errors[0]}")
     tokens = sum(r[0] for r in results)
     latencies = [r[1] for r in results]
+    firsts = [r[2] for r in results]
     return {
         "streams": n,
         "tokens": tokens,
@@ -57,11 +58,14 @@ def run_streams(n: int, one: Callable[[int], tuple[int, float]]) -> dict[str, An
         "aggregate_tps": tokens / wall,
         "p50_s": percentile(latencies, 0.5),
         "p95_s": percentile(latencies, 0.95),
+        "ttft_p50_s": percentile(firsts, 0.5),
+        "ttft_p95_s": percentile(firsts, 0.95),
     }
 
 
-def stream_chat(client: Any, url: str, text: str, max_tokens: int) -> tuple[int, float]:
-    """One streamed greedy chat completion: the completion tokens the server reports, and the latency."""
+def stream_chat(client: Any, url: str, text: str, max_tokens: int) -> tuple[int, float, float]:
+    """One streamed greedy chat completion: the completion tokens the server reports, the
+    latency, and the time to the first chunk with content."""
     body = {
         "model": "default",
         "messages": [{"role": "user", "content": text}],
@@ -72,14 +76,19 @@ def stream_chat(client: Any, url: str, text: str, max_tokens: int) -> tuple[int,
     }
     started = time.perf_counter()
     tokens = 0
+    first = None
     with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                usage = json.loads(line[5:]).get("usage")
+                chunk = json.loads(line[5:])
+                if first is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                    first = time.perf_counter() - started
+                usage = chunk.get("usage")
                 if usage:
                     tokens = usage.get("completion_tokens", tokens)
-    return tokens, time.perf_counter() - started
+    latency = time.perf_counter() - started
+    return tokens, latency, latency if first is None else first
 
 
 def main() -> int:

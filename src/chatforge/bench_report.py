@@ -69,17 +69,23 @@ def report(results: Results, opts: BenchOptions) -> str:
         lines += [
             f"### Concurrent streams ({opts.stream_tokens} tokens each)",
             "",
-            "| path | streams | aggregate tokens/s | p50 latency s | p95 latency s | runs (tokens/s) |",
-            "| --- | ---: | ---: | ---: | ---: | --- |",
+            "| path | streams | aggregate tokens/s | p50 latency s | p95 latency s "
+            "| p50 TTFT ms | p95 TTFT ms | runs (tokens/s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         lines += [
             f"| {r['path']} | {r['streams']} | {r['aggregate_tps']:.1f} | {r['p50_s']:.1f} | {r['p95_s']:.1f} "
+            f"| {_ms(r.get('ttft_p50_s'))} | {_ms(r.get('ttft_p95_s'))} "
             f"| {', '.join(f'{x:.1f}' for x in r.get('runs_tps', []))} |"
             for r in results.streams
         ]
         lines.append("")
     lines += goals(results, opts)
     return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{1000 * seconds:.0f}"
 
 
 def goals(results: Results, opts: BenchOptions) -> list[str]:

@@ -218,6 +218,7 @@ class PlainLlamaBatch:
             for pos, token in enumerate(ids)
         ]
         nxt = self._decode(items)
+        first = time.perf_counter() - started  # every prompt's first token comes with this pass
         self.outputs = [[nxt[seq]] for seq in range(len(prompts))]  # the tokens made, per prompt
         for made in range(1, tokens):
             steps = [(seq, len(prompts[seq]) + made - 1, nxt[seq], True) for seq in range(len(prompts))]
@@ -232,6 +233,8 @@ class PlainLlamaBatch:
             "aggregate_tps": tokens * len(prompts) / wall,
             "p50_s": wall,
             "p95_s": wall,
+            "ttft_p50_s": first,
+            "ttft_p95_s": first,
         }
 
     def close(self) -> None:

@@ -106,6 +106,34 @@ def test_requests_sent_together_start_in_the_same_step(tiny_model, tiny_tokenize
     engine.close()
 
 
+def test_an_announced_request_is_waited_for(tiny_model, tiny_tokenizer, monkeypatch):
+    # The server announces a request as it comes in, before rendering its prompt: an idle
+    # worker holding another request waits for it although it has not arrived yet.
+    engine = TransformersEngine(tiny_model, tiny_tokenizer, n_parallel=2)
+    engine.batch_wait = 0.25
+    steps = []
+    original = engine._forward
+
+    def spy(work):
+        steps.append(len(work))
+        return original(work)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    params = SamplingParams(do_sample=False, max_new_tokens=2)
+    prompts = [tiny_tokenizer.encode(t) for t in TEXTS[:2]]
+    first = threading.Thread(target=run, args=(engine, prompts[0], params))
+    first.start()
+    for _ in range(3):  # announced again and again for 0.45 s, past the first one's wait
+        time.sleep(0.15)
+        engine.expect_request()
+    second = threading.Thread(target=run, args=(engine, prompts[1], params))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert steps[0] == 2, steps
+    engine.close()
+
+
 def test_kv_reuse_holds_under_concurrency(tiny_model, tiny_tokenizer):
     engine = TransformersEngine(tiny_model, tiny_tokenizer, n_parallel=3)
     params = SamplingParams(do_sample=False, max_new_tokens=8)

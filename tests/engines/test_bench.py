@@ -36,6 +36,8 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
     paths = {(r["path"].split(" ")[0], r["streams"]) for r in results.streams}
     assert paths == {(first, n) for first in ("llama.cpp", "HTTP", "plain") for n in (1, 2)}
     assert all(r["tokens"] == 4 * r["streams"] for r in results.streams)
+    # The first token comes before the last, on every path.
+    assert all(0 < r["ttft_p50_s"] <= r["ttft_p95_s"] < r["p95_s"] for r in results.streams)
     text = report(results, opts)
     assert "### Goals (chatforge llama.cpp)" in text
     for label in (
@@ -121,6 +123,7 @@ def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_e
         reference.close()
     assert figures["streams"] == 3 and figures["tokens"] == 15
     assert figures["aggregate_tps"] == 15 / figures["wall_s"] > 0
+    assert 0 < figures["ttft_p95_s"] < figures["wall_s"]
     for ids, made in zip(prompts, reference.outputs):
         alone, _ = run(smollm_engine, ids, SamplingParams(do_sample=False, max_new_tokens=5))
         # Batched, a sequence's logits differ from decoding it alone in the last bits, which
@@ -228,6 +231,7 @@ def test_stream_clients_run_in_a_process_of_their_own_on_one_client(smollm_path,
         with bench.served_streams(model, BenchOptions(streams=[3], stream_tokens=4)) as served:
             result = served(texts)
             assert result["streams"] == 3 and result["tokens"] == 12
+            assert 0 < result["ttft_p50_s"] <= result["ttft_p95_s"] < result["p95_s"]
             assert result["client_pid"] != os.getpid()
 
             clients = []
@@ -299,3 +303,25 @@ def test_decode_steps_script_times_each_build_in_a_child(smollm_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] in ("yes", "no") and len(cells) == 4
     assert all(re.fullmatch(r"\d+\.\d \(\d+\.\d\)", c) for c in cells[2:]), row
+
+
+def test_batch_wait_script_compares_the_waits_through_the_server(smollm_path):
+    """benchmarks/batch_wait.py on a small GGUF: a table row per wait, with the streams'
+    tokens/s, their ratio to the first wait, and a lone request's time to first token."""
+    need_llama_cpp()
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "batch_wait.py"
+    args = ["--model", str(smollm_path), "--engine", "llama.cpp", "--waits", "0,5"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--streams", "2", "--tokens", "3", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| \d+ ms \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["0 ms", "5 ms"]
+    assert rows[0].split("|")[3].strip().startswith("1.00 (1.00)")
+    assert all(len(row.strip("|").split("|")) == 5 for row in rows)

@@ -30,3 +30,37 @@ def test_the_flag_sets_the_engines_wait(tiny_chat):
 def test_a_wait_out_of_range_is_refused_by_name(value):
     with pytest.raises(ValueError, match="--batch-wait-ms"):
         serve_settings("--batch-wait-ms", value)
+
+
+def test_requests_sent_together_through_the_server_share_the_first_pass(tiny_chat, monkeypatch):
+    import threading
+
+    import openai
+
+    from chatforge.serve.in_process import serve_in_thread
+
+    engine = tiny_chat.engine
+    steps = []
+    forward = engine._forward
+
+    def spy(work):
+        steps.append(len(work))
+        return forward(work)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    # A wait long enough that a slow machine passes too.
+    with serve_in_thread(create_app(tiny_chat, ServeSettings(ui=False, batch_wait_ms=250))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+        def ask(i):
+            messages = [{"role": "user", "content": f"Story {i}"}]
+            for _ in client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, stream=True):
+                pass
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    engine.close()
+    assert steps[0] == 4, steps

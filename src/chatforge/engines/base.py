@@ -163,6 +163,12 @@ class Engine(ABC):
     def new_state(self) -> KVState:
         return KVState()
 
+    def expect_request(self) -> None:
+        """A request is on its way: the server calls this as one arrives, before it renders
+        the prompt. Engines that batch requests wait for it (see ``BatchingEngine``); the
+        others need not know."""
+        return None
+
     def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
         if len(prompt_ids) >= self.context_length:
             raise PromptTooLongError(len(prompt_ids), self.context_length, params.max_new_tokens)

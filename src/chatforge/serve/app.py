@@ -112,6 +112,7 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        model.engine.expect_request()
         check_model(req.model)
         plan = build_plan(req, model.engine.context_length, settings.default_max_tokens)
         job = runner.submit(cmp.chat_job(model, plan))
@@ -129,6 +130,7 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
+        model.engine.expect_request()
         check_model(req.model)
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts:
