@@ -26,7 +26,7 @@ import statistics
 import time
 from typing import Any
 
-from chatforge.bench import STORY, BenchOptions, chat_prompt, served_streams
+from chatforge.bench import STORY, BenchOptions, engine_stream, served_streams
 from chatforge.bench_client import run_streams, stream_chat
 from chatforge.chat import load_model
 from chatforge.engines.base import SamplingParams
@@ -70,20 +70,17 @@ class StepClock:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--engine", default="hybrid", help="a llama.cpp-based engine: hybrid or llama.cpp")
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     model = load_model(
-        "default", engine="hybrid", context_length=4096, engine_options={"n_parallel": args.streams}
+        args.model, engine=args.engine, context_length=4096, engine_options={"n_parallel": args.streams}
     )
     clock = StepClock(model.engine)
     params = SamplingParams(do_sample=False, max_new_tokens=args.tokens)
-
-    def direct_one(text: str) -> tuple[int, float]:
-        started = time.perf_counter()
-        chunks = list(model.engine.stream(chat_prompt(model, text), params))
-        return chunks[-1].stats.completion_tokens, time.perf_counter() - started
 
     opts = BenchOptions(streams=[args.streams], stream_tokens=args.tokens)
     with served_streams(model, opts) as apart:
@@ -96,7 +93,7 @@ def main() -> None:
             return run_streams(len(texts), lambda i: stream_chat(client, apart.url, texts[i], args.tokens))
 
         modes = {
-            "direct": lambda texts: run_streams(len(texts), lambda i: direct_one(texts[i])),
+            "direct": lambda texts: run_streams(len(texts), lambda i: engine_stream(model, texts[i], params)),
             "served, clients in-process": in_process,
             "served, clients apart": apart,
         }

@@ -226,6 +226,19 @@ def measure_turns(
     return medians, ratios, tokens
 
 
+def engine_stream(model: Any, text: str, params: Any) -> tuple[int, float, float]:
+    """One greedy chat stream on the engine directly: tokens, latency and time to the first
+    token (the :func:`chatforge.bench_client.run_streams` protocol)."""
+    ids = chat_prompt(model, text)
+    started = time.perf_counter()
+    first = None
+    for chunk in model.engine.stream(ids, params):
+        if first is None and chunk.token_ids:
+            first = time.perf_counter() - started
+    latency = time.perf_counter() - started
+    return chunk.stats.completion_tokens, latency, latency if first is None else first
+
+
 def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> list[dict[str, Any]]:
     """Each stream count on the engine directly and through the HTTP server (and on
     ``reference``, plain llama.cpp's batch API, when given), taking turns run by run
@@ -235,18 +248,8 @@ def measure_streams(model: Any, opts: BenchOptions, reference: Any = None) -> li
 
     params = SamplingParams(do_sample=False, max_new_tokens=opts.stream_tokens)
 
-    def direct_one(text: str) -> tuple[int, float, float]:
-        ids = chat_prompt(model, text)
-        started = time.perf_counter()
-        first = None
-        for chunk in model.engine.stream(ids, params):
-            if first is None and chunk.token_ids:
-                first = time.perf_counter() - started
-        latency = time.perf_counter() - started
-        return chunk.stats.completion_tokens, latency, latency if first is None else first
-
     def direct(texts: list[str]) -> dict[str, Any]:
-        return run_streams(len(texts), lambda i: direct_one(texts[i]))
+        return run_streams(len(texts), lambda i: engine_stream(model, texts[i], params))
 
     def batch_api(texts: list[str]) -> dict[str, Any]:
         return reference.run([chat_prompt(model, text) for text in texts], opts.stream_tokens)

@@ -325,3 +325,20 @@ def test_batch_wait_script_compares_the_waits_through_the_server(smollm_path):
     assert [row.split("|")[1].strip() for row in rows] == ["0 ms", "5 ms"]
     assert rows[0].split("|")[3].strip().startswith("1.00 (1.00)")
     assert all(len(row.strip("|").split("|")) == 5 for row in rows)
+
+
+def test_server_steps_script_times_each_path(smollm_path):
+    """benchmarks/server_steps.py on a small GGUF: a row per path (direct, clients in the
+    server's process, clients apart) with the Python and decode time per step."""
+    need_llama_cpp()
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "server_steps.py"
+    args = ["--model", str(smollm_path), "--engine", "llama.cpp", "--streams", "2", "--tokens", "6"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--rounds", "1"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    paths = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    assert paths == ["direct", "served, clients in-process", "served, clients apart"]
