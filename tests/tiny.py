@@ -54,3 +54,17 @@ def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **overrides: i
         **overrides,
     )
     return Qwen2ForCausalLM(config).eval()
+
+
+def step_sizes(engine, monkeypatch) -> list[int]:
+    """A list that gets the number of requests in each of a batching engine's forward
+    passes, as they happen."""
+    sizes: list[int] = []
+    forward = engine._forward
+
+    def counted(work):
+        sizes.append(len(work))
+        return forward(work)
+
+    monkeypatch.setattr(engine, "_forward", counted)
+    return sizes

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import torch
+from tiny import step_sizes
 
 from chatforge.engines.base import SamplingParams
 from chatforge.engines.batching import TokenSampler
@@ -80,14 +81,7 @@ def test_requests_sent_together_start_in_the_same_step(tiny_model, tiny_tokenize
     # others back by a whole pass. (A long wait here, so that a slow machine passes too.)
     engine = TransformersEngine(tiny_model, tiny_tokenizer, n_parallel=4)
     engine.batch_wait = 0.25
-    steps = []
-    original = engine._forward
-
-    def spy(work):
-        steps.append(len(work))
-        return original(work)
-
-    monkeypatch.setattr(engine, "_forward", spy)
+    steps = step_sizes(engine, monkeypatch)
     params = SamplingParams(do_sample=False, max_new_tokens=3)
     prompts = [tiny_tokenizer.encode(t) for t in TEXTS[:4]]
     results: list = [None] * 4
@@ -111,14 +105,7 @@ def test_an_announced_request_is_waited_for(tiny_model, tiny_tokenizer, monkeypa
     # worker holding another request waits for it although it has not arrived yet.
     engine = TransformersEngine(tiny_model, tiny_tokenizer, n_parallel=2)
     engine.batch_wait = 0.25
-    steps = []
-    original = engine._forward
-
-    def spy(work):
-        steps.append(len(work))
-        return original(work)
-
-    monkeypatch.setattr(engine, "_forward", spy)
+    steps = step_sizes(engine, monkeypatch)
     params = SamplingParams(do_sample=False, max_new_tokens=2)
     prompts = [tiny_tokenizer.encode(t) for t in TEXTS[:2]]
     first = threading.Thread(target=run, args=(engine, prompts[0], params))

@@ -3,12 +3,17 @@ sent together (see ``chatforge.engines.batching.BATCH_WAIT``)."""
 
 from __future__ import annotations
 
+import threading
+
+import openai
 import pytest
+from tiny import step_sizes
 
 from chatforge.cli import build_parser
 from chatforge.engines.batching import BATCH_WAIT
 from chatforge.serve.app import create_app
 from chatforge.serve.cli import settings_from_args
+from chatforge.serve.in_process import serve_in_thread
 from chatforge.serve.settings import ServeSettings
 
 
@@ -33,21 +38,8 @@ def test_a_wait_out_of_range_is_refused_by_name(value):
 
 
 def test_requests_sent_together_through_the_server_share_the_first_pass(tiny_chat, monkeypatch):
-    import threading
-
-    import openai
-
-    from chatforge.serve.in_process import serve_in_thread
-
     engine = tiny_chat.engine
-    steps = []
-    forward = engine._forward
-
-    def spy(work):
-        steps.append(len(work))
-        return forward(work)
-
-    monkeypatch.setattr(engine, "_forward", spy)
+    steps = step_sizes(engine, monkeypatch)
     # A wait long enough that a slow machine passes too.
     with serve_in_thread(create_app(tiny_chat, ServeSettings(ui=False, batch_wait_ms=250))) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)

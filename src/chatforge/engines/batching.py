@@ -48,9 +48,9 @@ _IDLE_EXIT = 10.0  # seconds a worker thread waits for work before it ends
 # model, two cores) got their last first token after 713 ms without the wait and 509 ms
 # with it, and made 6% more tokens/s (benchmarks/batch_wait.py, docs/benchmarks.md).
 # They came in up to 8 ms from first to last, with gaps of up to 4 ms, and reached the
-# engine 1.5-3 ms later each, once their prompts were rendered; the server announces each
-# request as it comes in (expect_request), so the gaps that count are the first ones. A
-# request alone pays the wait once.
+# engine 1.5-3 ms later each, once their prompts were rendered. The server announces each
+# request as it comes in (expect_request), so the gaps that count are those between their
+# arrivals at the server. A request alone pays the wait once.
 BATCH_WAIT = 0.005
 BATCH_WAIT_LIMIT = 6
 
