@@ -20,7 +20,8 @@ import argparse
 import itertools
 import statistics
 
-from chatforge.bench import STORY, BenchOptions, ServedStreams, served_streams
+from chatforge.bench.options import BenchOptions
+from chatforge.bench.run import STORY, ServedStreams, served_streams
 from chatforge.chat import load_model
 
 

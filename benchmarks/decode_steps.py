@@ -26,7 +26,7 @@ CHILD = r"""
 import json, statistics, sys, time
 import llama_cpp as lib
 from chatforge.engines.amx import small_batch_kernels
-from chatforge.engines.llamacpp import extra_buffers_default
+from chatforge.engines.amx import extra_buffers_default
 path, counts, steps = sys.argv[1], [int(n) for n in sys.argv[2].split(",")], int(sys.argv[3])
 lib.llama_backend_init()
 params = lib.llama_model_default_params()
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the engine's)")
     args = p.parse_args(argv)
 
-    from chatforge.engines.llamacpp import default_threads
     from chatforge.engines.select import resolve_gguf
+    from chatforge.llama_lib import default_threads
 
     threads = args.threads or default_threads()
     path = str(resolve_gguf(args.model))

@@ -33,7 +33,7 @@ MODES = {
 
 CHILD = """
 import json, resource, sys
-from chatforge.bench import long_prompt
+from chatforge.bench.run import long_prompt
 from chatforge.chat import load_model
 from chatforge.engines.base import SamplingParams
 

@@ -14,7 +14,7 @@ import argparse
 import os
 import statistics
 
-from chatforge.bench import long_prompt
+from chatforge.bench.run import long_prompt
 from chatforge.chat import load_model
 from chatforge.engines.base import SamplingParams
 

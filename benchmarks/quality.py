@@ -55,7 +55,7 @@ def perplexity(llm, text: str, max_tokens: int) -> tuple[float, int]:
 
 
 def decode_speed(path: Path, threads: int | None, streams: int, tokens: int, extra: bool | None = None) -> float:
-    from chatforge.bench_subjects import PlainLlamaBatch
+    from chatforge.bench.subjects import PlainLlamaBatch
 
     batch = PlainLlamaBatch(path, threads, streams, n_ctx_per_seq=512, extra_buffers=extra)
     try:
@@ -71,11 +71,11 @@ def main() -> None:
     import llama_cpp
 
     from chatforge.engines import amx
-    from chatforge.engines.llamacpp import default_threads
     from chatforge.engines.select import GGUF_QUANTIZE
+    from chatforge.llama_lib import default_threads
     from chatforge.models.embedded import DEFAULT, assemble_gguf
-    from chatforge.models.gguf_export import requantized
-    from chatforge.models.gguf_widen import widened
+    from chatforge.models.gguf.export import requantized
+    from chatforge.models.gguf.widen import widened
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--types", default="q4_0,iq4_nl", help=f"comma-separated, from {', '.join(GGUF_QUANTIZE)}")

@@ -26,8 +26,9 @@ import statistics
 import time
 from typing import Any
 
-from chatforge.bench import STORY, BenchOptions, engine_stream, served_streams
-from chatforge.bench_client import run_streams, stream_chat
+from chatforge.bench.client import run_streams, stream_chat
+from chatforge.bench.options import BenchOptions
+from chatforge.bench.run import STORY, engine_stream, served_streams
 from chatforge.chat import load_model
 from chatforge.engines.base import SamplingParams
 

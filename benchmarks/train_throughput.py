@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatforge.allocator import jemalloc_loaded, reexec_with_jemalloc
+from chatforge.train.allocator import jemalloc_loaded, reexec_with_jemalloc
 
 CONFIGS = ("multi-padded", "multi-packed", "split-padded", "split-packed")
 

@@ -63,7 +63,7 @@ def test_train_command_restarts_under_jemalloc(tmp_path):
     epoch of LoRA: 85 s instead of 149 s in MODELS.md), and says so; CHATFORGE_JEMALLOC=0 keeps glibc."""
     import os
 
-    from chatforge.allocator import JEMALLOC
+    from chatforge.train.allocator import JEMALLOC
 
     if not JEMALLOC.exists():
         pytest.skip("libjemalloc2 is not installed")

@@ -248,6 +248,8 @@ def load_model(
     q4_0/iq4_nl/q8_0 re-quantize a GGUF for the llama.cpp engines; ``engine_options``
     go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp,
     ``prefill_model`` for hybrid)."""
+    # Engines and loaders bring PyTorch, transformers or llama.cpp with them: imported when a
+    # model is loaded, so that `import chatforge` and `chatforge --help` stay quick.
     from chatforge.engines.hf import TransformersEngine
     from chatforge.engines.select import build_engine, choose_engine, load_quantized_weights
     from chatforge.models.loader import attach_adapter, load_weights, prepare_adapter, resolve

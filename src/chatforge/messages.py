@@ -8,6 +8,7 @@ Nothing here knows about tokens or models.
 
 from __future__ import annotations
 
+import ast
 import json
 import uuid
 from dataclasses import dataclass, field, replace
@@ -209,8 +210,6 @@ class Message:
             calls = [ToolCall.from_openai(content, f"{where}.content")]
             content = ""
         elif role is Role.ASSISTANT and metadata and metadata != INTERPRETER:
-            from chatforge.templates.chatglm3 import parse_tool_call_code
-
             calls = [ToolCall(name=metadata.strip(), arguments=parse_tool_call_code(str(content)))]
             content = ""
         if calls:
@@ -306,3 +305,47 @@ def normalize_tool_schema(schema: dict[str, Any]) -> dict[str, Any]:
         raise MessageError(f"tool {fn['name']!r}: parameters must be a JSON Schema object")
     out["parameters"] = params
     return {"type": "function", "function": out}
+
+
+# -- ChatGLM3's tool calls: ``tool_call(name=value, ...)`` code, parsed with ast, never run --
+class ToolCallSyntaxError(ValueError):
+    """Tool-call code that is not ``tool_call(name=literal, ...)``."""
+
+
+def parse_tool_call_code(code: str) -> dict[str, Any]:
+    """Arguments of ``tool_call(a=1, b='x')`` (optionally inside a python fence), literals only."""
+    body = strip_fence(code)
+    try:
+        tree = ast.parse(body.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ToolCallSyntaxError(f"tool call is not valid Python: {err.msg}") from None
+    call = tree.body
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.func.id != "tool_call":
+        raise ToolCallSyntaxError("expected a single call: tool_call(name=value, ...)")
+    if call.args:
+        raise ToolCallSyntaxError("tool_call takes keyword arguments only")
+    out: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise ToolCallSyntaxError("tool_call does not accept **kwargs")
+        try:
+            out[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, SyntaxError):
+            raise ToolCallSyntaxError(f"argument {kw.arg!r} is not a literal value") from None
+    return out
+
+
+def tool_call_code(arguments: dict[str, Any]) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+    return f"```python\ntool_call({args})\n```"
+
+
+def strip_fence(text: str) -> str:
+    """The body of a fenced code block, or the text itself."""
+    s = text.strip()
+    if s.startswith("```"):
+        first_newline = s.find("\n")
+        s = s[first_newline + 1 :] if first_newline != -1 else ""
+        if s.rstrip().endswith("```"):
+            s = s.rstrip()[:-3]
+    return s.strip("\n")

@@ -17,6 +17,8 @@ import shlex
 import sys
 from typing import Any
 
+from chatforge.chat import load_model
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,6 @@ class ChatMagics:
         parser.add_argument("--device", default="auto")
         parser.add_argument("--dtype", default="auto")
         args = parser.parse_args(shlex.split(line))
-        from chatforge.chat import load_model
 
         self.model = load_model(args.ref, adapter=args.adapter, device=args.device, dtype=args.dtype)
         self.session = self.model.session()

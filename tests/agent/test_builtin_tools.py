@@ -1,4 +1,4 @@
-"""Tests for chatforge.agent.builtin_tools: time, calculator, unit conversion."""
+"""Tests for chatforge.agent.tools.builtin: time, calculator, unit conversion."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import datetime
 
 import pytest
 
-from chatforge.agent.builtin_tools import (
+from chatforge.agent.tools import ToolRegistry
+from chatforge.agent.tools.builtin import (
     CalculatorError,
     UnitConversionError,
     builtin_tools,
@@ -18,7 +19,6 @@ from chatforge.agent.builtin_tools import (
     current_time,
     evaluate_arithmetic,
 )
-from chatforge.agent.tools import ToolRegistry
 
 
 def test_builtin_tools_are_registrable_and_described():

@@ -265,7 +265,7 @@ def test_config_is_validated():
 
 def test_missing_landlock_protections_are_logged_once(caplog):
     from chatforge.agent import kernel_launch
-    from chatforge.agent.landlock import LandlockReport
+    from chatforge.agent.interpreter.landlock import LandlockReport
 
     report = LandlockReport(abi=3, filesystem=True, notes=("TCP restrictions need Landlock ABI 4",))
     config = InterpreterConfig()

@@ -1,4 +1,4 @@
-"""Tests for chatforge.agent.landlock: each one confines a fresh child Python process
+"""Tests for chatforge.agent.interpreter.landlock: each one confines a fresh child Python process
 (Landlock cannot be undone, so never this one) and checks what it can still do."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from chatforge.agent.landlock import LandlockPolicy, LandlockReport, abi_version
+from chatforge.agent.interpreter.landlock import LandlockPolicy, LandlockReport, abi_version
 
 ABI = abi_version()
 
@@ -35,7 +35,7 @@ def run_confined(policy: LandlockPolicy, body: str) -> dict:
         textwrap.dedent(
             """
         import json, os, socket, sys
-        from chatforge.agent.landlock import LandlockPolicy, restrict_self
+        from chatforge.agent.interpreter.landlock import LandlockPolicy, restrict_self
         report = restrict_self(LandlockPolicy.from_json(sys.argv[1]))
         outcomes = {}
         def attempt(name, action):

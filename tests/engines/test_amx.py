@@ -63,6 +63,7 @@ def test_a_crashing_probe_turns_the_path_off_and_is_remembered(monkeypatch, tmp_
 def test_the_probe_record_keeps_the_last_few_builds(monkeypatch, tmp_path):
     """Each llama.cpp rebuild adds verdicts; those of builds no longer probed are dropped."""
     need_llama_cpp()
+    from chatforge import llama_lib
     from chatforge.engines import amx
 
     monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path / "home"))
@@ -76,7 +77,7 @@ def test_the_probe_record_keeps_the_last_few_builds(monkeypatch, tmp_path):
         libraries.append(library)
 
     def probe_with(library):
-        monkeypatch.setattr(amx, "_library", lambda: library)
+        monkeypatch.setattr(llama_lib, "library_file", lambda: library)
         return amx.path_works(model)
 
     def builds():
@@ -94,7 +95,7 @@ def test_the_probe_record_keeps_the_last_few_builds(monkeypatch, tmp_path):
     assert probe_with(libraries[0])
     other = tmp_path / "other.gguf"
     other.write_bytes(b"another model")
-    monkeypatch.setattr(amx, "_library", lambda: libraries[0])
+    monkeypatch.setattr(llama_lib, "library_file", lambda: libraries[0])
     assert amx.path_works(other)
     assert builds() == keys[1 : amx.KEEP_BUILDS] + [keys[0], keys[0]]
     assert probe_with(libraries[amx.KEEP_BUILDS])
@@ -102,10 +103,11 @@ def test_the_probe_record_keeps_the_last_few_builds(monkeypatch, tmp_path):
 
 
 def test_the_path_is_on_where_cpu_and_build_have_it_unless_turned_off(monkeypatch, tmp_path):
-    from chatforge.engines import amx, llamacpp
+    from chatforge import llama_lib
+    from chatforge.engines import amx
 
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
+    monkeypatch.setattr(llama_lib, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(llama_lib, "built_with_amx", lambda: True)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"not read")
     for on in (None, "", "1", "yes"):
@@ -118,12 +120,12 @@ def test_the_path_is_on_where_cpu_and_build_have_it_unless_turned_off(monkeypatc
         monkeypatch.setenv("CHATFORGE_LLAMA_AMX", off)
         assert amx.enabled() is False, off
         assert amx.preferred_gguf(model) == model  # nothing widened, nothing probed
-        assert llamacpp.extra_buffers_default(model) is False  # no AMX path
+        assert amx.extra_buffers_default(model) is False  # no AMX path
     monkeypatch.delenv("CHATFORGE_LLAMA_AMX")
-    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: False)
+    monkeypatch.setattr(llama_lib, "built_with_amx", lambda: False)
     assert amx.enabled() is False  # the build has no AMX path
-    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(llama_lib, "built_with_amx", lambda: True)
+    monkeypatch.setattr(llama_lib, "cpu_has_amx", lambda: False)
     assert amx.enabled() is False  # nor the CPU
 
 
@@ -157,7 +159,7 @@ LOGITS = textwrap.dedent(
     import sys
     import numpy as np
     import llama_cpp as lib
-    from chatforge.engines.llamacpp import extra_buffers_default
+    from chatforge.engines.amx import extra_buffers_default
     lib.llama_backend_init()
     out = []
     ids = [9707, 11, 1246, 525, 498, 30, 220, 56568, 52801, 3837, 104014, 100, 8, 9, 10, 11]
@@ -191,7 +193,7 @@ def test_widened_default_model_computes_what_the_shipped_one_does():
 
     shipped, chosen = default_paths()
     if chosen == shipped:
-        from chatforge.models.gguf_widen import widened
+        from chatforge.models.gguf.widen import widened
 
         chosen = widened(shipped, progress=False)
     proc = subprocess.run(
@@ -266,12 +268,12 @@ def test_make_install_builds_llama_cpp_with_chatforges_patch_where_it_has_the_am
     """The Makefile builds llama-cpp-python from its source release with patches/ applied on
     AMX CPUs; an AMX build without them is the plain one, whose few-row steps are slower."""
     pytest.importorskip("llama_cpp")
-    from chatforge.engines import amx
-    from chatforge.engines.llamacpp import built_with_amx, cpu_has_amx
+    from chatforge import llama_lib
+    from chatforge.llama_lib import built_with_amx, cpu_has_amx
 
     if not (cpu_has_amx() and built_with_amx()):
         pytest.skip("no AMX path here: the patch changes nothing that is compiled")
-    assert amx.small_batch_kernels(), f"{amx._library()} lacks {amx.PATCH_MARK!r}: run `make llama-cpp`"
+    assert llama_lib.small_batch_kernels(), f"{llama_lib.library_file()} lacks {llama_lib.PATCH_MARK!r}: run `make llama-cpp`"
 
 
 FEW_ROWS = textwrap.dedent(
@@ -279,7 +281,7 @@ FEW_ROWS = textwrap.dedent(
     import sys
     import numpy as np
     import llama_cpp as lib
-    from chatforge.engines.llamacpp import extra_buffers_default
+    from chatforge.engines.amx import extra_buffers_default
     path = sys.argv[1]
     lib.llama_backend_init()
     params = lib.llama_model_default_params()
@@ -328,6 +330,9 @@ def test_a_step_of_a_few_sequences_computes_what_each_alone_does():
     one-row kernels), on the default model as the engine loads it, in a child process."""
     import io
 
+    from chatforge import llama_lib
+    from chatforge.engines import amx
+
     _, chosen = default_paths()
     proc = subprocess.run([sys.executable, "-c", FEW_ROWS, str(chosen)], capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
@@ -335,6 +340,12 @@ def test_a_step_of_a_few_sequences_computes_what_each_alone_does():
     assert together.shape[0] == 2 + 3 + 4
     assert (together.argmax(axis=1) == alone.argmax(axis=1)).all()
     scale = np.abs(alone).max(axis=1, keepdims=True)
-    assert (np.abs(together - alone) / scale).max() < 2e-3, (np.abs(together - alone) / scale).max(axis=1)
+    # With chatforge's few-row kernels (AMX CPUs), a row of a batch is computed with the
+    # one-row kernel's arithmetic: equal up to float noise. Elsewhere (AVX-512 or AVX2 CPUs,
+    # or the AMX path off) llama.cpp's batched kernels quantise the activations and sum in
+    # another order than its one-row kernels, so a row differs by up to a few percent of the
+    # largest logit while the choice of token stays the same.
+    bound = 2e-3 if amx.enabled() and llama_lib.small_batch_kernels() else 5e-2
+    assert (np.abs(together - alone) / scale).max() < bound, (np.abs(together - alone) / scale).max(axis=1)
     # Each row is its own sequence's: distinct prompts give distinct logits.
     assert np.abs(alone[0] - alone[1]).max() > 0.1 * scale[0, 0]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from chatforge.bench import BenchOptions, plot, report, run_bench
+from chatforge.bench.options import BenchOptions
+from chatforge.bench.report import plot, report
+from chatforge.bench.run import run_bench
 
 from .conftest import need_llama_cpp
 
@@ -80,7 +82,8 @@ def test_a_turns_only_bench_keeps_the_conversation_cached_between_its_turns(smol
 
 
 def test_goal_verdicts_tell_parity_within_noise_from_a_miss():
-    from chatforge.bench import Results, goals
+    from chatforge.bench.options import Results
+    from chatforge.bench.report import goals
 
     def single(me, reference):
         return [
@@ -107,7 +110,7 @@ def test_goal_verdicts_tell_parity_within_noise_from_a_miss():
 def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_engine, smollm_tokenizer):
     """The concurrent-streams reference (plain llama.cpp's batch API) makes the same greedy
     tokens as chatforge's engine for each prompt, with prompts longer than one batch."""
-    from chatforge.bench_subjects import PlainLlamaBatch
+    from chatforge.bench.subjects import PlainLlamaBatch
     from chatforge.engines.base import SamplingParams
 
     from .test_llamacpp_engine import chat_ids, run
@@ -251,7 +254,8 @@ def test_stream_clients_run_in_a_process_of_their_own_on_one_client(smollm_path,
 
 
 def test_server_overhead_is_the_median_of_the_rounds_paired_ratios():
-    from chatforge.bench import Results, goals
+    from chatforge.bench.options import Results
+    from chatforge.bench.report import goals
 
     def row(path, runs):
         return {"path": path, "streams": 4, "aggregate_tps": sorted(runs)[2], "runs_tps": runs}

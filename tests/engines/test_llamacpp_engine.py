@@ -194,7 +194,8 @@ def check_vocab(engine, tokenizer):
 
 
 def test_extra_buffer_types_wait_for_the_amx_probe_where_the_amx_path_could_run(monkeypatch, tmp_path):
-    from chatforge.engines import amx, llamacpp
+    from chatforge import llama_lib
+    from chatforge.engines import amx
 
     verdicts = []
     monkeypatch.setattr(amx, "path_works", lambda path: verdicts.append(path) or path.name == "works.gguf")
@@ -206,32 +207,32 @@ def test_extra_buffer_types_wait_for_the_amx_probe_where_the_amx_path_could_run(
         (True, True, tmp_path / "works.gguf", True),
         (True, True, tmp_path / "crashes.gguf", False),
     ):
-        monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda cpu=cpu: cpu)
-        monkeypatch.setattr(llamacpp, "built_with_amx", lambda build=build: build)
-        assert llamacpp.extra_buffers_default(path) is expected, (cpu, build, path)
+        monkeypatch.setattr(llama_lib, "cpu_has_amx", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(llama_lib, "built_with_amx", lambda build=build: build)
+        assert amx.extra_buffers_default(path) is expected, (cpu, build, path)
     assert verdicts == [tmp_path / "works.gguf", tmp_path / "crashes.gguf"]
     monkeypatch.setattr(amx, "enabled", lambda: False)  # CHATFORGE_LLAMA_AMX=0
-    assert llamacpp.extra_buffers_default(tmp_path / "works.gguf") is False
+    assert amx.extra_buffers_default(tmp_path / "works.gguf") is False
 
 
 def test_the_amx_path_is_read_from_the_build(monkeypatch):
-    from chatforge.engines import llamacpp
+    from chatforge import llama_lib
 
     need_llama_cpp()
-    info = llamacpp._system_info()
+    info = llama_lib.system_info()
     assert info is not None and b"AVX" in info
-    llamacpp.built_with_amx.cache_clear()
+    llama_lib.built_with_amx.cache_clear()
     try:
-        monkeypatch.setattr(llamacpp, "_system_info", lambda: b"CPU : AVX512 = 1 | AMX_INT8 = 1 | ")
-        assert llamacpp.built_with_amx() is True
-        llamacpp.built_with_amx.cache_clear()
-        monkeypatch.setattr(llamacpp, "_system_info", lambda: b"CPU : AVX512 = 1 | REPACK = 1 | ")
-        assert llamacpp.built_with_amx() is False
-        llamacpp.built_with_amx.cache_clear()
-        monkeypatch.setattr(llamacpp, "_system_info", lambda: None)  # unreadable: assume the worst
-        assert llamacpp.built_with_amx() is True
+        monkeypatch.setattr(llama_lib, "system_info", lambda: b"CPU : AVX512 = 1 | AMX_INT8 = 1 | ")
+        assert llama_lib.built_with_amx() is True
+        llama_lib.built_with_amx.cache_clear()
+        monkeypatch.setattr(llama_lib, "system_info", lambda: b"CPU : AVX512 = 1 | REPACK = 1 | ")
+        assert llama_lib.built_with_amx() is False
+        llama_lib.built_with_amx.cache_clear()
+        monkeypatch.setattr(llama_lib, "system_info", lambda: None)  # unreadable: assume the worst
+        assert llama_lib.built_with_amx() is True
     finally:
-        llamacpp.built_with_amx.cache_clear()
+        llama_lib.built_with_amx.cache_clear()
 
 
 def test_a_step_over_sequences_out_of_order_gives_each_request_its_own_logits(
@@ -266,28 +267,28 @@ def test_a_step_over_sequences_out_of_order_gives_each_request_its_own_logits(
 
 
 def test_openmp_builds_are_recognised(monkeypatch):
-    from chatforge.engines import llamacpp
+    from chatforge import llama_lib
 
     lib = types.SimpleNamespace(llama_print_system_info=lambda: b"CPU : AVX2 = 1 | OPENMP = 1 | REPACK = 1 |")
-    monkeypatch.setattr(llamacpp, "import_llama_cpp", lambda: lib)
-    llamacpp.built_with_openmp.cache_clear()
+    monkeypatch.setattr(llama_lib, "import_llama_cpp", lambda: lib)
+    llama_lib.built_with_openmp.cache_clear()
     try:
-        assert llamacpp.built_with_openmp() is True
+        assert llama_lib.built_with_openmp() is True
         lib.llama_print_system_info = lambda: b"CPU : AVX2 = 1 | REPACK = 1 |"
-        llamacpp.built_with_openmp.cache_clear()
-        assert llamacpp.built_with_openmp() is False
+        llama_lib.built_with_openmp.cache_clear()
+        assert llama_lib.built_with_openmp() is False
     finally:
-        llamacpp.built_with_openmp.cache_clear()
+        llama_lib.built_with_openmp.cache_clear()
 
 
 def test_installed_llama_cpp_has_its_own_thread_pool():
     """`make install` builds llama.cpp without OpenMP: with PyTorch's libgomp shared in one
     process, an OpenMP build decodes about 25% slower (docs/benchmarks.md)."""
     pytest.importorskip("llama_cpp")
-    from chatforge.engines import llamacpp
+    from chatforge import llama_lib
 
-    llamacpp.built_with_openmp.cache_clear()
-    assert not llamacpp.built_with_openmp(), llamacpp.OPENMP_HINT
+    llama_lib.built_with_openmp.cache_clear()
+    assert not llama_lib.built_with_openmp(), llama_lib.OPENMP_HINT
 
 
 # -- the real default model -------------------------------------------------------------
@@ -377,20 +378,19 @@ def test_installed_llama_cpp_build_is_safe_for_plain_use():
 
 
 def test_the_load_log_says_whether_the_amx_path_is_on_and_why_not(monkeypatch):
-    from chatforge.engines import llamacpp
-
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(llamacpp, "built_with_amx", lambda: True)
-    monkeypatch.setenv("CHATFORGE_LLAMA_AMX", "0")
-    assert llamacpp._extra_buffers_note(False, asked=False) == ", extra buffer types off (CHATFORGE_LLAMA_AMX=0)"
-    monkeypatch.delenv("CHATFORGE_LLAMA_AMX")
-    assert "AMX path failed its check" in llamacpp._extra_buffers_note(False, asked=False)
-    assert llamacpp._extra_buffers_note(False, asked=True) == ", extra buffer types off"
+    from chatforge import llama_lib
     from chatforge.engines import amx
 
-    monkeypatch.setattr(amx, "small_batch_kernels", lambda: False)
-    assert llamacpp._extra_buffers_note(True, asked=False) == ", AMX path on"
-    monkeypatch.setattr(amx, "small_batch_kernels", lambda: True)  # chatforge's patched build
-    assert llamacpp._extra_buffers_note(True, asked=False) == ", AMX path on (with chatforge's small-batch kernels)"
-    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: False)
-    assert llamacpp._extra_buffers_note(True, asked=False) == ""  # repacked weights, nothing to say
+    monkeypatch.setattr(llama_lib, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(llama_lib, "built_with_amx", lambda: True)
+    monkeypatch.setenv("CHATFORGE_LLAMA_AMX", "0")
+    assert amx.extra_buffers_note(False, asked=False) == ", extra buffer types off (CHATFORGE_LLAMA_AMX=0)"
+    monkeypatch.delenv("CHATFORGE_LLAMA_AMX")
+    assert "AMX path failed its check" in amx.extra_buffers_note(False, asked=False)
+    assert amx.extra_buffers_note(False, asked=True) == ", extra buffer types off"
+    monkeypatch.setattr(llama_lib, "small_batch_kernels", lambda: False)
+    assert amx.extra_buffers_note(True, asked=False) == ", AMX path on"
+    monkeypatch.setattr(llama_lib, "small_batch_kernels", lambda: True)  # chatforge's patched build
+    assert amx.extra_buffers_note(True, asked=False) == ", AMX path on (with chatforge's small-batch kernels)"
+    monkeypatch.setattr(llama_lib, "cpu_has_amx", lambda: False)
+    assert amx.extra_buffers_note(True, asked=False) == ""  # repacked weights, nothing to say

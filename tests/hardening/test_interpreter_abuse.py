@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("ipykernel")
 
 from chatforge.agent import CodeInterpreter, InterpreterConfig  # noqa: E402
-from chatforge.agent.landlock import abi_version  # noqa: E402
+from chatforge.agent.interpreter.landlock import abi_version  # noqa: E402
 from chatforge.agent.loop import CODE_PRELUDE  # noqa: E402
 
 ABI = abi_version()

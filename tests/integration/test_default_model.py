@@ -97,7 +97,7 @@ def test_default_model_exports_to_gguf_that_llama_cpp_answers_with(default_model
     from transformers import AutoModelForCausalLM
 
     from chatforge.models.embedded import DEFAULT, assemble_gguf, ensure_hf_dir
-    from chatforge.models.gguf_export import write_gguf
+    from chatforge.models.gguf.export import write_gguf
 
     model = AutoModelForCausalLM.from_pretrained(ensure_hf_dir(DEFAULT), dtype=torch.bfloat16)
     out = write_gguf(model, assemble_gguf(DEFAULT), tmp_path / "default-q8_0.gguf", "q8_0", progress=False)

@@ -26,19 +26,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chatglm_reference import ReferenceConfig, random_reference_model  # noqa: E402
 
 from chatforge.models import chatglm, chatglm_cli  # noqa: E402
-from chatforge.models.chatglm import (  # noqa: E402
+from chatforge.models.chatglm.adapters import (  # noqa: E402
+    convert_chatglm_adapter,
+    convert_chatglm_ptuning,
+    is_chatglm_layout_adapter,
+)
+from chatforge.models.chatglm.convert import (  # noqa: E402
     ChatGLMConversionError,
     convert_chatglm,
     detect_chatglm_variant,
     is_chatglm_checkpoint,
     load_chatglm,
 )
-from chatforge.models.chatglm_adapters import (  # noqa: E402
-    convert_chatglm_adapter,
-    convert_chatglm_ptuning,
-    is_chatglm_layout_adapter,
-)
-from chatforge.models.chatglm_tokenizer import build_chatglm_tokenizer  # noqa: E402
+from chatforge.models.chatglm.tokenizer import build_chatglm_tokenizer  # noqa: E402
 
 CHATGLM3_PIECES = 64789
 CHATGLM3_IDS = {
@@ -623,7 +623,7 @@ def test_original_layout_adapter_maps_exactly(tmp_path, converted, reference, re
 
 
 def test_adapter_module_names_map_to_glm():
-    from chatforge.models.chatglm_adapters import map_chatglm_module_names
+    from chatforge.models.chatglm.adapters import map_chatglm_module_names
 
     assert map_chatglm_module_names(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]) == [
         "q_proj",

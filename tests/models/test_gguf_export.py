@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from chatforge.engines.amx import on_llama_thread
-from chatforge.models.gguf_export import GGUFExportError, write_gguf
+from chatforge.models.gguf.export import GGUFExportError, write_gguf
 
 
 @pytest.fixture(scope="module")

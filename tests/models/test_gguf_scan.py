@@ -1,4 +1,4 @@
-"""The fast GGUF tensor list (chatforge.models.gguf_scan) against gguf-py's full reader."""
+"""The fast GGUF tensor list (chatforge.models.gguf.scan) against gguf-py's full reader."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def write_sample(path):
 
 
 def test_tensor_list_matches_gguf_pys_reader(tmp_path):
-    from chatforge.models.gguf_scan import tensors
+    from chatforge.models.gguf.scan import tensors
 
     path = write_sample(tmp_path / "sample.gguf")
     mine = [(t.name, t.type, t.shape, t.n_elements) for t in tensors(path)]
@@ -47,7 +47,7 @@ def test_tensor_list_matches_gguf_pys_reader(tmp_path):
 
 
 def test_files_that_are_not_gguf_are_named_in_the_error(tmp_path):
-    from chatforge.models.gguf_scan import GGUFScanError, tensors
+    from chatforge.models.gguf.scan import GGUFScanError, tensors
 
     other = tmp_path / "weights.bin"
     other.write_bytes(b"PK\x03\x04 a zip file, say")

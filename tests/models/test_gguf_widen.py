@@ -18,7 +18,7 @@ def random_q5_0_blocks(rows: int, blocks: int, seed: int = 0) -> np.ndarray:
 
 
 def test_q5_0_blocks_become_q8_0_blocks_with_the_same_values():
-    from chatforge.models.gguf_widen import q5_0_as_q8_0
+    from chatforge.models.gguf.widen import q5_0_as_q8_0
 
     raw = random_q5_0_blocks(7, 5)  # every bit pattern of the 5-bit values is as likely
     wide = q5_0_as_q8_0(raw)
@@ -45,7 +45,7 @@ def write_model(path, tensors):
 
 
 def test_widened_file_keeps_metadata_lookups_and_values(monkeypatch, tmp_path):
-    from chatforge.models.gguf_widen import needs_widening, widened
+    from chatforge.models.gguf.widen import needs_widening, widened
 
     monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path / "home"))
     matrix = gguf.quants.quantize(np.random.default_rng(1).normal(size=(8, 64)).astype(np.float32), Q.Q5_0)

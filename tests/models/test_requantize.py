@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chatforge.models.gguf_export import GGUFExportError, requantized
+from chatforge.models.gguf.export import GGUFExportError, requantized
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import openai
 import pytest
 from tiny import step_sizes
 
-from chatforge.cli import build_parser
+from chatforge.cli.main import build_parser
+from chatforge.cli.serve import settings_from_args
 from chatforge.engines.batching import BATCH_WAIT
 from chatforge.serve.app import create_app
-from chatforge.serve.cli import settings_from_args
 from chatforge.serve.in_process import serve_in_thread
 from chatforge.serve.settings import ServeSettings
 

@@ -20,7 +20,9 @@ import pytest
 from scripted import scripted_model
 from serve_support import KEY, ROOT
 
-from chatforge.serve.ui import AgentOptions, AgentSessions, AgentTurn, _run_turn
+from chatforge.serve.agent_sessions import AgentOptions, AgentSessions
+from chatforge.serve.agent_turn import AgentTurn
+from chatforge.serve.agent_turn import run_turn as _run_turn
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

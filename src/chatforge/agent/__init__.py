@@ -1,42 +1,31 @@
-"""The agent layer: tools the model can call, the sandboxed code interpreter (and, next, the agent loop).
+"""The agent layer: tools the model can call (`tools/`), the sandboxed code interpreter
+(`interpreter/`), and the loop that alternates generation and execution until the model
+answers (`loop`). It knows nothing of HTTP or the UI.
 
-Public names are re-exported here; see `tools` (with `tool_definition`, `tool_schema`,
-`tool_arguments`, `tool_execution`, `tool_results`, `tool_errors` and `tool_registry`),
-`builtin_tools`, `interpreter` (with `kernel_session`, `kernel_launch`, `session_files`, `outputs` and
-`interpreter_config`),
-`loop`, `sandbox` and `landlock` for what each module owns.
+Public names are re-exported here, each from the module that defines it.
 """
 
-from .builtin_tools import builtin_tools
-from .interpreter import (
-    CodeInterpreter,
+from chatforge.agent.interpreter.code_interpreter import CodeInterpreter
+from chatforge.agent.interpreter.config import InterpreterConfig
+from chatforge.agent.interpreter.landlock import LandlockReport
+from chatforge.agent.interpreter.outputs import (
     ErrorOutput,
     ExecutionResult,
     FileInfo,
     ImageOutput,
-    InterpreterConfig,
-    InterpreterError,
-    InterpreterSession,
-    KernelStartError,
     NoticeOutput,
     Output,
     StreamOutput,
     TextOutput,
 )
-from .landlock import LandlockReport
-from .loop import Agent, AgentEvent, AgentResult, EventKind
-from .sandbox import KernelLimits, SandboxReport
-from .tools import (
-    Tool,
-    ToolArgumentError,
-    ToolDefinitionError,
-    ToolNotExecutableError,
-    ToolRegistry,
-    ToolResult,
-    default_registry,
-    register_tool,
-    tool,
-)
+from chatforge.agent.interpreter.sandbox import KernelLimits, SandboxReport
+from chatforge.agent.interpreter.session import InterpreterError, InterpreterSession, KernelStartError
+from chatforge.agent.loop import Agent, AgentEvent, AgentResult, EventKind
+from chatforge.agent.tools.builtin import builtin_tools
+from chatforge.agent.tools.definition import Tool, tool
+from chatforge.agent.tools.errors import ToolArgumentError, ToolDefinitionError, ToolNotExecutableError
+from chatforge.agent.tools.registry import ToolRegistry, default_registry, register_tool
+from chatforge.agent.tools.results import ToolResult
 
 __all__ = [
     # the loop

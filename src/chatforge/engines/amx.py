@@ -20,7 +20,7 @@ the path (plain llama.cpp, docs/benchmarks.md). Three things stand between that 
   makes loads the configuration at every call, see below; builds from elsewhere do not.)
 * **Weights without an AMX kernel.** Most of the default GGUF's matrices are Q5_0, which has
   none; :func:`preferred_gguf` swaps in a copy whose Q5_0 matrices are Q8_0 with the same
-  values (:mod:`chatforge.models.gguf_widen`).
+  values (:mod:`chatforge.models.gguf.widen`).
 
 ``make install`` builds llama.cpp with chatforge's patch (``patches/``,
 :func:`small_batch_kernels` tells): a decode step of two to four sequences multiplies Q8_0
@@ -50,6 +50,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from chatforge import env, llama_lib
+from chatforge.models.embedded import cache_dir, file_key
+from chatforge.models.gguf.widen import needs_widening, widened
 
 log = logging.getLogger(__name__)
 
@@ -94,39 +98,36 @@ def on_llama_thread(fn: Callable[..., T]) -> Callable[..., T]:
 def enabled() -> bool:
     """Whether this CPU has AMX, the installed llama.cpp has the path compiled in, and
     ``CHATFORGE_LLAMA_AMX`` does not turn it off (``0``, ``false``, ``no``, ``off``)."""
-    from chatforge.engines.llamacpp import built_with_amx, cpu_has_amx
+    return not turned_off() and llama_lib.cpu_has_amx() and llama_lib.built_with_amx()
 
-    return not turned_off() and cpu_has_amx() and built_with_amx()
+
+def extra_buffers_default(path: str | Path | None = None) -> bool:
+    """Whether to let llama.cpp use extra buffer types (repacked and AMX weights) for the
+    model at ``path``. Where the AMX path could run (an AMX CPU, a build that has it), unless
+    ``CHATFORGE_LLAMA_AMX=0``, and once a child process has decoded ``path`` with it
+    (:func:`path_works`; some builds crash). Elsewhere they give weights repacked for the
+    CPU's vector units (Q4_0: 4 sequences decode about 10% faster on an AMX Xeon without
+    AMX in the build)."""
+    if not (llama_lib.cpu_has_amx() and llama_lib.built_with_amx()):
+        return True
+    return path is not None and enabled() and path_works(Path(path))
+
+
+def extra_buffers_note(on: bool, asked: bool) -> str:
+    """What the load log line says about llama.cpp's extra buffer types (the AMX path)."""
+    if not on:
+        if asked:
+            return ", extra buffer types off"
+        why = "CHATFORGE_LLAMA_AMX=0" if turned_off() else "llama.cpp's AMX path failed its check here"
+        return f", extra buffer types off ({why})"
+    if not (llama_lib.cpu_has_amx() and llama_lib.built_with_amx()):
+        return ""
+    return ", AMX path on" + (" (with chatforge's small-batch kernels)" if llama_lib.small_batch_kernels() else "")
 
 
 def turned_off() -> bool:
     """Whether ``CHATFORGE_LLAMA_AMX`` turns the path off."""
-    return os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() in ("0", "false", "no", "off")
-
-
-def _library() -> Path | None:
-    try:
-        import llama_cpp
-    except ImportError:
-        return None
-    lib = Path(llama_cpp.__file__).parent / "lib"
-    found = sorted(lib.glob("libggml-cpu.so*")) or sorted(lib.glob("libllama.so*"))
-    return found[0] if found else None
-
-
-PATCH_MARK = b"chatforge-llama-patch: amx-small-batches-1"  # patches/llama-cpp-python-*/
-
-
-@functools.cache
-def small_batch_kernels() -> bool:
-    """Whether the installed llama.cpp carries chatforge's AMX patch (``make install`` builds
-    it so): 2–4-row products with Q8_0 weights through AVX512-VNNI, the tile configuration
-    loaded at every call."""
-    library = _library()
-    try:
-        return library is not None and PATCH_MARK in library.read_bytes()
-    except OSError:
-        return False
+    return env.llama_amx_off()
 
 
 _PROBE = r"""
@@ -160,17 +161,13 @@ print("AMX OK")
 
 
 def _probe_file() -> Path:
-    from chatforge.models.embedded import cache_dir
-
     return cache_dir() / "amx-probe.json"
 
 
 def path_works(gguf: Path) -> bool:
     """Whether llama.cpp decodes ``gguf`` with its AMX path without crashing here, checked
     in a child process once per (library, model file) and remembered."""
-    from chatforge.models.embedded import file_key
-
-    library = _library()
+    library = llama_lib.library_file()
     if library is None:
         return False
     build = file_key(library)
@@ -215,11 +212,9 @@ def path_works(gguf: Path) -> bool:
 
 def preferred_gguf(gguf: Path) -> Path:
     """``gguf``, or where llama.cpp's AMX path works here and the file holds matrices it has no
-    AMX kernel for, its widened copy (the same weights; :mod:`chatforge.models.gguf_widen`)."""
+    AMX kernel for, its widened copy (the same weights; :mod:`chatforge.models.gguf.widen`)."""
     if not enabled():
         return gguf
-    from chatforge.models.gguf_widen import needs_widening, widened
-
     if not needs_widening(gguf):
         return gguf
     wide = widened(gguf)

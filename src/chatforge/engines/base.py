@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,28 @@ class SamplingParams:
             self.stop = [self.stop]
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError("stop must be a list of non-empty strings")
+
+
+#: The sampling settings a user sets by name (an OpenAI request, the web UI's sidebar, the
+#: CLI's flags), besides temperature and the token limits.
+SAMPLING_SETTINGS = ("top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed")
+
+
+def sampling_options(settings: Mapping[str, Any], max_new_tokens: int | None = None) -> dict[str, Any]:
+    """``ChatModel.generate`` keyword arguments from a user's sampling settings: the ones set
+    (None means unset), sampling on exactly when the temperature is above 0, and
+    ``max_new_tokens`` when given. The values are checked where `SamplingParams` is made."""
+    options: dict[str, Any] = {}
+    temperature = settings.get("temperature")
+    if temperature is not None:
+        options["temperature"] = temperature
+        options["do_sample"] = isinstance(temperature, int | float) and temperature > 0
+    for name in SAMPLING_SETTINGS:
+        if settings.get(name) is not None:
+            options[name] = settings[name]
+    if max_new_tokens is not None:
+        options["max_new_tokens"] = max_new_tokens
+    return options
 
 
 @dataclass

@@ -24,9 +24,7 @@ Flash attention is off by default: on CPU it changed greedy output against plain
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,121 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from chatforge.engines.amx import extra_buffers_default, extra_buffers_note
 from chatforge.engines.base import EngineError, KVState, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
 from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
+from chatforge.llama_lib import default_threads, import_llama_cpp, warn_if_openmp
 
 log = logging.getLogger(__name__)
 
 # A prompt takes its first tokens from another sequence's cache (and waits for a
 # conversation whose prompt it shares to be computed first) when that saves this many.
 MIN_SHARED_PREFIX = 16
-
-INSTALL_HINT = (
-    "the llama.cpp engine needs llama-cpp-python: pip install 'chatforge[llama]' "
-    "(or `make install`, which builds it; about 4 minutes)"
-)
-
-
-def import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError as err:
-        raise EngineError(f"{INSTALL_HINT} ({err})") from None
-    return llama_cpp
-
-
-@functools.cache
-def cpu_has_amx() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_tile" in flags or "amx_int8" in flags or "amx_bf16" in flags
-
-
-def _system_info() -> bytes | None:
-    try:
-        info = import_llama_cpp().llama_print_system_info()
-    except Exception:  # noqa: BLE001 - no llama.cpp, or an old binding
-        return None
-    return info if isinstance(info, bytes) else str(info).encode()
-
-
-def _extra_buffers_note(on: bool, asked: bool) -> str:
-    """What the load log line says about llama.cpp's extra buffer types (the AMX path)."""
-    if not on:
-        from chatforge.engines import amx
-
-        if asked:
-            return ", extra buffer types off"
-        why = "CHATFORGE_LLAMA_AMX=0" if amx.turned_off() else "llama.cpp's AMX path failed its check here"
-        return f", extra buffer types off ({why})"
-    if not (cpu_has_amx() and built_with_amx()):
-        return ""
-    from chatforge.engines import amx
-
-    return ", AMX path on" + (" (with chatforge's small-batch kernels)" if amx.small_batch_kernels() else "")
-
-
-@functools.cache
-def built_with_amx() -> bool:
-    """Whether the installed llama.cpp has its AMX matrix path compiled in (assumed when its
-    build cannot be read). ``make llama-cpp LLAMA_AMX=0`` rebuilds it without on AMX CPUs."""
-    info = _system_info()
-    return info is None or b"AMX_INT8 = 1" in info
-
-
-def extra_buffers_default(path: str | Path | None = None) -> bool:
-    """Whether to let llama.cpp use extra buffer types (repacked and AMX weights) for the
-    model at ``path``. Where the AMX path could run (an AMX CPU, a build that has it), unless
-    ``CHATFORGE_LLAMA_AMX=0``, and once a child process has decoded ``path`` with it
-    (:func:`chatforge.engines.amx.path_works`; some builds crash). Elsewhere they give
-    weights repacked for the CPU's vector units (Q4_0: 4 sequences decode about 10% faster
-    on an AMX Xeon without AMX in the build)."""
-    if not (cpu_has_amx() and built_with_amx()):
-        return True
-    from chatforge.engines import amx
-
-    return path is not None and amx.enabled() and amx.path_works(Path(path))
-
-
-@functools.cache
-def built_with_openmp() -> bool:
-    """Whether the installed llama.cpp runs its threads through OpenMP.
-
-    PyTorch brings its own ``libgomp`` and llama.cpp then shares it: once any other thread
-    of the process has run a parallel PyTorch operation (a model load, the hybrid engine's
-    prefill, an embedding), libgomp counts more threads than cores and stops spinning at
-    barriers, and llama.cpp's decode, which passes a barrier after every operation, slows
-    down by about a quarter (docs/benchmarks.md). ``make install`` builds llama.cpp with its
-    own thread pool instead (``-DGGML_OPENMP=OFF``).
-    """
-    info = _system_info()
-    return info is not None and b"OPENMP = 1" in info
-
-
-OPENMP_HINT = (
-    "llama-cpp-python was built with OpenMP: next to PyTorch in one process it decodes about "
-    "25% slower. Rebuild it with its own thread pool: CMAKE_ARGS=-DGGML_OPENMP=OFF pip install "
-    "--force-reinstall --no-cache-dir --no-deps llama-cpp-python (make install does this)"
-)
-
-
-@functools.cache
-def _warn_if_openmp() -> None:
-    if built_with_openmp():
-        log.warning(OPENMP_HINT)
-
-
-def default_threads() -> int:
-    """Physical cores available to this process (llama.cpp gains nothing from SMT siblings)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:
-        available = os.cpu_count() or 1
-    return max(1, available)
-
 
 @dataclass(eq=False)
 class _Sequence:
@@ -189,7 +83,7 @@ class LlamaCppEngine(BatchingEngine):
             raise FileNotFoundError(f"no GGUF file at {path}")
         started = time.perf_counter()
         llama_cpp.llama_backend_init()
-        _warn_if_openmp()
+        warn_if_openmp()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         mparams.use_extra_bufts = extra_buffers_default(path) if extra_buffers is None else extra_buffers
@@ -238,7 +132,7 @@ class LlamaCppEngine(BatchingEngine):
             per_sequence,
             threads,
             "on" if flash_attn else "off",
-            _extra_buffers_note(mparams.use_extra_bufts, asked=extra_buffers is not None),
+            extra_buffers_note(mparams.use_extra_bufts, asked=extra_buffers is not None),
         )
 
     # -- batching hooks --------------------------------------------------------------

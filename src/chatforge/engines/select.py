@@ -19,7 +19,7 @@ Quantization for transformers (``--quantize int8|int4``) uses bitsandbytes and n
 GGUF files carry their own quantization level, which llama.cpp uses as it is (with its AMX
 path, opted into, Q5_0 matrices are rewritten as Q8_0 with the same values for the AMX
 kernels, see :mod:`chatforge.engines.amx`), unless ``--quantize q4_0|iq4_nl|q8_0`` asks for the file
-re-quantized (once, cached; see :func:`chatforge.models.gguf_export.requantized`).
+re-quantized (once, cached; see :func:`chatforge.models.gguf.export.requantized`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatforge.models.gguf_export import REQUANTIZE_TYPES
+from chatforge.engines.amx import preferred_gguf
+from chatforge.llama_lib import import_llama_cpp
+from chatforge.models.embedded import DEFAULT, assemble_gguf, cache_dir, ensure_hf_dir, file_key
+from chatforge.models.gguf.export import REQUANTIZE_TYPES, requantized
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +131,9 @@ def _engine_for_gguf_quantize(ref: str | Path, name: str, quantize: str, prefill
 
 def hybrid_fits(ref: str | Path, prefill_model: str | Path | None = None) -> bool:
     """Whether the hybrid engine is the fastest here: bf16 matrix units and HF weights at hand."""
-    from chatforge.models import device
+    from chatforge.models.device import cpu_has_bf16  # PyTorch
 
-    return device.cpu_has_bf16() and (prefill_model is not None or str(ref) == "default")
+    return cpu_has_bf16() and (prefill_model is not None or str(ref) == "default")
 
 
 def prefill_weights(ref: str | Path, prefill_model: str | Path | None) -> Path:
@@ -141,8 +144,6 @@ def prefill_weights(ref: str | Path, prefill_model: str | Path | None) -> Path:
             raise ValueError(f"--prefill-model {path} is not a Hugging Face model directory (no config.json)")
         return path
     if str(ref) == "default":
-        from chatforge.models.embedded import DEFAULT, ensure_hf_dir
-
         return ensure_hf_dir(DEFAULT)
     raise ValueError(
         f"engine 'hybrid' needs {str(ref)!r}'s weights as a Hugging Face directory for its prefill: "
@@ -165,6 +166,7 @@ def build_engine(
     """A llama.cpp, hybrid or remote engine with the tokenizer of ``ref``; ``quantize`` (a
     GGUF weight type) re-quantizes the GGUF file the llama.cpp engines decode with."""
     options = dict(options or {})
+    # Each engine brings its runtime (httpx, llama.cpp, PyTorch): imported when it is built.
     if engine == "remote":
         from chatforge.engines.remote import RemoteEngine
 
@@ -185,9 +187,9 @@ def build_engine(
         )
         return BuiltEngine(remote, tokenizer, remote.model)
     if engine in ("llama.cpp", "hybrid"):
-        from chatforge.engines.llamacpp import LlamaCppEngine, import_llama_cpp
-
         import_llama_cpp()  # a clear error before anything heavy when it is not installed
+        from chatforge.engines.llamacpp import LlamaCppEngine
+
         if adapter is not None:
             raise ValueError(
                 f"the {engine} engine cannot attach PEFT adapters; use --engine transformers, "
@@ -218,14 +220,9 @@ def resolve_gguf(ref: str | Path, quantize: str | None = None) -> Path:
             "pass a .gguf file or use --engine transformers"
         )
     if str(gguf) == "default":
-        from chatforge.models.embedded import DEFAULT, assemble_gguf
-
         gguf = assemble_gguf(DEFAULT)
     if quantize is None:
-        from chatforge.engines.amx import preferred_gguf
-
         return preferred_gguf(gguf)
-    from chatforge.models.gguf_export import requantized
 
     return requantized(gguf, quantize)
 
@@ -236,8 +233,6 @@ def load_tokenizer(ref: str | Path) -> tuple[Any, str]:
 
     text = str(ref)
     if text == "default":
-        from chatforge.models.embedded import DEFAULT, ensure_hf_dir
-
         return AutoTokenizer.from_pretrained(ensure_hf_dir(DEFAULT), local_files_only=True), DEFAULT.name
     path = Path(text).expanduser()
     gguf = gguf_for(path)
@@ -254,8 +249,6 @@ def gguf_tokenizer(gguf: Path) -> Any:
     """The tokenizer built from a GGUF file's metadata, cached: building it takes seconds,
     loading the saved copy milliseconds."""
     from transformers import AutoTokenizer
-
-    from chatforge.models.embedded import cache_dir, file_key
 
     cached = cache_dir() / "tokenizers" / f"{gguf.stem}-{file_key(gguf)}"
     if (cached / "tokenizer_config.json").exists():
@@ -313,7 +306,7 @@ def load_quantized_weights(
     """(model, tokenizer) loaded with bitsandbytes quantization and/or a device map."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chatforge.models.device import resolve_device, resolve_dtype
+    from chatforge.models.device import resolve_device, resolve_dtype  # PyTorch
 
     if source.kind != "hf":
         raise ValueError(

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from chatforge import env
+
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +52,8 @@ DEFAULT = EmbeddedModel(
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CHATFORGE_HOME")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "chatforge"
+    """Where assembled and converted models and probe verdicts are kept (``$CHATFORGE_HOME``)."""
+    return env.home()
 
 
 def file_key(path: Path) -> str:

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
+from chatforge.models.chatglm.adapters import (
+    convert_chatglm_adapter,
+    convert_chatglm_ptuning,
+    is_chatglm_layout_adapter,
+)
+from chatforge.models.chatglm.convert import load_chatglm
 from chatforge.models.device import resolve_device, resolve_dtype
+from chatforge.models.embedded import DEFAULT, cache_dir, ensure_hf_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +41,6 @@ def resolve(ref: str | Path) -> ModelSource:
     """Where a model reference points, checked before anything heavy is loaded."""
     text = str(ref)
     if text == "default":
-        from chatforge.models.embedded import DEFAULT, ensure_hf_dir
-
         return ModelSource("hf", ensure_hf_dir(DEFAULT), DEFAULT.name)
     path = Path(text).expanduser()
     if not path.exists():
@@ -89,8 +94,6 @@ def load_weights(
     started = time.perf_counter()
     log.info("loading %s (%s) on %s as %s", source.name, source.kind, dev, dt)
     if source.kind == "chatglm":
-        from chatforge.models.chatglm import load_chatglm
-
         model, tokenizer = load_chatglm(source.path, dtype=dt, device=dev)
     elif source.kind == "gguf":
         folder, name = source.path.parent, source.path.name
@@ -110,13 +113,6 @@ def prepare_adapter(adapter: str | Path, source: ModelSource) -> Path:
     path = Path(adapter).expanduser()
     if source.kind != "chatglm":
         return path
-    from chatforge.models.chatglm_adapters import (
-        convert_chatglm_adapter,
-        convert_chatglm_ptuning,
-        is_chatglm_layout_adapter,
-    )
-    from chatforge.models.embedded import cache_dir
-
     if not is_chatglm_layout_adapter(path):
         return path
     stamp = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]

@@ -1,28 +1,25 @@
-"""From an OpenAI chat request to what chatforge generates: messages, tools, parameters,
-and the checks ``tool_choice`` and ``response_format`` ask for.
+"""From an OpenAI request to what chatforge generates: messages, tools, sampling
+parameters, and what ``tool_choice`` and ``response_format`` ask of the reply.
 
-What is honest here, and documented in docs/serving.md: a local model cannot be
-*constrained* to call a tool or to write JSON, so ``tool_choice="required"`` / a named
-function and ``response_format`` add an instruction to the system prompt, check the
-reply, and if it does not comply ask once more (the failed reply and a short correction
-are added to the conversation). If the second reply fails too, it is returned as it is.
+``tool_choice="required"`` / a named function and ``response_format`` add an instruction to
+the system prompt; :mod:`chatforge.serve.checks` then checks the reply against the plan
+(docs/serving.md).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
+from chatforge.engines.base import SAMPLING_SETTINGS, sampling_options
 from chatforge.messages import Message, Role, from_openai, normalize_tool_schema
 from chatforge.serve.errors import APIError
 from chatforge.serve.protocol import ChatCompletionRequest, NamedToolChoice, _Sampling
 
 MIN_TOP_P = 1e-6
-_FENCED_JSON = re.compile(r"```(?:json)?\s*\n(.*?)\n\s*```", re.S)
 
 
 @dataclass
@@ -58,13 +55,7 @@ def sampling_kwargs(req: _Sampling, max_tokens: int | None, context_length: int)
             param=name,
             code="invalid_value",
         )
-    if req.temperature is not None:
-        params["temperature"] = req.temperature
-        params["do_sample"] = req.temperature > 0
-    for name in ("top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed"):
-        value = getattr(req, name)
-        if value is not None:
-            params[name] = value
+    params.update(sampling_options(req.model_dump(include={"temperature", *SAMPLING_SETTINGS})))
     if req.top_p is not None:
         # A top_p below float32's resolution rounds to 0 in the engine, which then drops every
         # token (NaN probabilities, a 500). A tiny top_p means "only the likeliest token"; so does this.
@@ -160,61 +151,3 @@ def with_instructions(messages: list[Message], text: str) -> list[Message]:
     else:
         out.insert(0, Message(Role.SYSTEM, text))
     return out
-
-
-def complies(plan: ChatPlan, message: Message) -> str | None:
-    """Why ``message`` does not do what the request asked (None when it does)."""
-    if plan.force_tool is not None:
-        if not message.tool_calls:
-            return "The reply did not call a function."
-        if plan.force_tool != "*" and message.tool_calls[0].name != plan.force_tool:
-            return f"The reply did not call `{plan.force_tool}`."
-    if plan.json_mode and not message.tool_calls:
-        data = extract_json(message.content)
-        if data is None:
-            return "The reply was not one valid JSON object."
-        if plan.json_schema is not None:
-            try:
-                jsonschema.validate(data, plan.json_schema)
-            except jsonschema.ValidationError as err:
-                return f"The JSON does not follow the schema: {err.message}."
-    return None
-
-
-def extract_json(text: str) -> Any:
-    """The JSON object a reply holds: the whole text, or a fenced ```json block in it."""
-    candidates = [text.strip()] + [m.group(1) for m in _FENCED_JSON.finditer(text)]
-    for candidate in candidates:
-        try:
-            data = json.loads(candidate)
-        except (json.JSONDecodeError, ValueError):
-            continue
-        if isinstance(data, dict):
-            return data
-    return None
-
-
-def normalise_json_reply(plan: ChatPlan, message: Message) -> None:
-    """In JSON mode, a reply that wrapped its object in a code fence is returned as the bare object."""
-    if plan.json_mode and not message.tool_calls:
-        data = extract_json(message.content)
-        if data is not None and message.content.strip() != "" and _not_bare(message.content):
-            message.content = json.dumps(data, ensure_ascii=False)
-
-
-def _not_bare(text: str) -> bool:
-    try:
-        json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        return True
-    return False
-
-
-def correction(plan: ChatPlan, reply: Message, reason: str) -> list[Message]:
-    """The conversation asking once more after a reply that did not comply."""
-    ask = f"{reason} {' '.join(plan.extra_instructions)}"
-    return [
-        *plan.messages,
-        Message(Role.ASSISTANT, reply.content, tool_calls=list(reply.tool_calls)),
-        Message(Role.USER, ask),
-    ]

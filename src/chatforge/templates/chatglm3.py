@@ -12,13 +12,22 @@ Tool-call code is read with :mod:`ast` and literal values only: it is never eval
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from chatforge.messages import INTERPRETER, Message, Role, ToolCall, tools_of
+from chatforge.messages import (
+    INTERPRETER,
+    Message,
+    Role,
+    ToolCall,
+    ToolCallSyntaxError,
+    parse_tool_call_code,
+    strip_fence,
+    tool_call_code,
+    tools_of,
+)
 from chatforge.templates.base import Segment, StreamParser, Template, TemplateError
 
 log = logging.getLogger(__name__)
@@ -31,49 +40,6 @@ ROLE_TOKENS = {
 }
 PREFIX = "[gMASK]sop"
 REQUIRED_TOKENS = ("[gMASK]", "sop", *ROLE_TOKENS.values())
-
-
-class ToolCallSyntaxError(ValueError):
-    """Tool-call code that is not ``tool_call(name=literal, ...)``."""
-
-
-def parse_tool_call_code(code: str) -> dict[str, Any]:
-    """Arguments of ``tool_call(a=1, b='x')`` (optionally inside a python fence), literals only."""
-    body = strip_fence(code)
-    try:
-        tree = ast.parse(body.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ToolCallSyntaxError(f"tool call is not valid Python: {err.msg}") from None
-    call = tree.body
-    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.func.id != "tool_call":
-        raise ToolCallSyntaxError("expected a single call: tool_call(name=value, ...)")
-    if call.args:
-        raise ToolCallSyntaxError("tool_call takes keyword arguments only")
-    out: dict[str, Any] = {}
-    for kw in call.keywords:
-        if kw.arg is None:
-            raise ToolCallSyntaxError("tool_call does not accept **kwargs")
-        try:
-            out[kw.arg] = ast.literal_eval(kw.value)
-        except (ValueError, SyntaxError):
-            raise ToolCallSyntaxError(f"argument {kw.arg!r} is not a literal value") from None
-    return out
-
-
-def tool_call_code(arguments: dict[str, Any]) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
-    return f"```python\ntool_call({args})\n```"
-
-
-def strip_fence(text: str) -> str:
-    """The body of a fenced code block, or the text itself."""
-    s = text.strip()
-    if s.startswith("```"):
-        first_newline = s.find("\n")
-        s = s[first_newline + 1 :] if first_newline != -1 else ""
-        if s.rstrip().endswith("```"):
-            s = s.rstrip()[:-3]
-    return s.strip("\n")
 
 
 class ChatGLM3Template(Template):

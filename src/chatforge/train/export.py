@@ -9,7 +9,7 @@ directory and renamed, so it is complete or absent.
 
 With ``gguf=True`` the directory also gets ``model-<type>.gguf`` for the llama.cpp and
 hybrid engines, written with the base model's GGUF as the template for its metadata and
-tokenizer (:mod:`chatforge.models.gguf_export`).
+tokenizer (:mod:`chatforge.models.gguf.export`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from typing import Any
 
 import torch
 
+from chatforge.models.device import DTYPES
+from chatforge.models.embedded import DEFAULT, assemble_gguf
+from chatforge.models.gguf.export import GGUF_TYPES, write_gguf
+from chatforge.models.loader import load_weights, resolve
 from chatforge.train.trainer import TRAIN_INFO
 
 log = logging.getLogger(__name__)
@@ -63,9 +67,6 @@ def export(
     gguf_template: str | Path | None = None,
 ) -> Path:
     """Write a standalone model for ``result_dir`` (a ``final/`` adapter or full model) to ``output``."""
-    from chatforge.models.gguf_export import GGUF_TYPES
-    from chatforge.models.loader import load_weights, resolve
-
     src, out = Path(result_dir), Path(output)
     if gguf and gguf_type not in GGUF_TYPES:
         raise ExportError(f"--gguf-type {gguf_type!r}: use one of {', '.join(GGUF_TYPES)}")
@@ -101,8 +102,6 @@ def export(
 
         AutoTokenizer.from_pretrained(tokenizer_src, local_files_only=True).save_pretrained(tmp)
     if template is not None:
-        from chatforge.models.gguf_export import write_gguf
-
         if merged is None:
             merged, _ = load_weights(resolve(tmp), device="cpu", dtype="float32")
         write_gguf(merged, template, tmp / f"model-{gguf_type}.gguf", gguf_type)
@@ -122,8 +121,6 @@ def _gguf_template(given: str | Path | None, base_ref: str | None) -> Path:
             raise ExportError(f"--gguf-template {path}: not a .gguf file")
         return path
     if base_ref == "default":
-        from chatforge.models.embedded import DEFAULT, assemble_gguf
-
         return assemble_gguf(DEFAULT)
     if base_ref:
         path = Path(base_ref).expanduser()
@@ -139,8 +136,6 @@ def _gguf_template(given: str | Path | None, base_ref: str | None) -> Path:
 
 
 def _target_dtype(dtype: str, base_path: Path) -> torch.dtype:
-    from chatforge.models.device import DTYPES
-
     if dtype != "auto":
         if dtype not in DTYPES:
             raise ExportError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")

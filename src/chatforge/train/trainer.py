@@ -34,6 +34,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from chatforge import env
+from chatforge.models.device import cpu_has_bf16
+from chatforge.models.loader import load_weights, resolve
 from chatforge.templates import IGNORE_INDEX, Template, get_template
 from chatforge.train.config import TrainConfig, save_config
 from chatforge.train.data import FormatOptions, load_samples
@@ -47,6 +50,7 @@ from chatforge.train.dataset import (
     pack,
     sanity_table,
 )
+from chatforge.train.kl import KLTrainer
 from chatforge.train.methods import apply_method, indistinct_output_rows, is_peft
 from chatforge.train.plot import plot_loss
 
@@ -124,7 +128,6 @@ def _bf16(config: TrainConfig, model: Any) -> bool:
     device = next(model.parameters()).device
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from chatforge.models.device import cpu_has_bf16
 
     return device.type == "cpu" and cpu_has_bf16()
 
@@ -294,8 +297,6 @@ def _model_bytes(config: TrainConfig, model: Any) -> int:
 
 
 def load_for_training(config: TrainConfig) -> tuple[Any, Any, str]:
-    from chatforge.models.loader import load_weights, resolve
-
     source = resolve(config.model.name_or_path)
     model, tokenizer = load_weights(source, device=config.model.device, dtype=config.model.dtype)
     return model, tokenizer, str(source.path)
@@ -329,7 +330,7 @@ def train(
     (out / "data_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
     log.info("data: %s", json.dumps(train_summary, ensure_ascii=False))
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env.world_size()
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * world * t.gradient_accumulation_steps))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.num_epochs)
     model.config.use_cache = False  # training: no KV cache (also lets packed positions build the mask)
@@ -383,8 +384,6 @@ def train(
     trainer_class: Any = Trainer
     extra: dict[str, Any] = {}
     if t.kl_to_base:
-        from chatforge.train.kl import KLTrainer
-
         trainer_class, extra = KLTrainer, {"kl_weight": t.kl_to_base}
     trainer = trainer_class(
         **extra,

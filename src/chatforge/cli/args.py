@@ -1,0 +1,99 @@
+"""The option groups several commands share (model, sampling) and what they become:
+a loaded `ChatModel` and ``generate`` keyword arguments."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from chatforge import env
+from chatforge.chat import ChatModel, load_model
+from chatforge.engines.base import sampling_options
+from chatforge.engines.select import GGUF_QUANTIZE, QUANTIZE
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model", default="default", help="'default' (embedded), a model directory or a .gguf file"
+    )
+    g.add_argument("--adapter", default=None, help="a LoRA/AdaLoRA/P-Tuning v2 adapter directory to attach")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    g.add_argument("--template", default="auto", help="auto, hf, chatml, chatglm3 or react (default: auto)")
+    g.add_argument("--context-length", type=int, default=None, help="limit the context window (tokens)")
+    g.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "transformers", "llama.cpp", "hybrid", "remote"],
+        help="inference engine (default: auto = hybrid or llama.cpp on CPU for GGUF models, else transformers)",
+    )
+    g.add_argument(
+        "--prefill-model",
+        default=None,
+        help="the GGUF model's Hugging Face weights, for --engine hybrid's bf16 prefill (default model: built in)",
+    )
+    g.add_argument("--remote-url", default=None, help="an OpenAI-compatible endpoint for --engine remote")
+    g.add_argument("--remote-model", default=None, help="the model name at --remote-url (default: its first)")
+    g.add_argument(
+        "--remote-api-key", default=None, help="API key for --remote-url (default: $CHATFORGE_REMOTE_API_KEY)"
+    )
+    g.add_argument(
+        "--quantize",
+        default=None,
+        choices=[*QUANTIZE, *GGUF_QUANTIZE],
+        help="int8/int4: bitsandbytes (transformers, CUDA only); q4_0/iq4_nl/q8_0: the GGUF re-quantized "
+        "once for llama.cpp (iq4_nl: more concurrent streams, a little lower quality; docs/engines.md)",
+    )
+    g.add_argument("--device-map", default=None, help="transformers device_map, e.g. 'auto' for several GPUs")
+    g.add_argument(
+        "--parallel", type=int, default=None, help="requests decoded together (llama.cpp 4, transformers 8)"
+    )
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-p", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--seed", type=int, default=None)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``ChatModel.generate`` keyword arguments from the sampling flags."""
+    return sampling_options(vars(args), args.max_new_tokens)
+
+
+def load_from_args(args: argparse.Namespace) -> ChatModel:
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        template=args.template,
+        adapter=args.adapter,
+        context_length=args.context_length,
+        **engine_kwargs(args),
+    )
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine-related arguments of ``add_model_arguments`` as ``load_model`` keywords."""
+    options = {}
+    if getattr(args, "parallel", None):
+        options["n_parallel"] = args.parallel
+    if getattr(args, "threads", None):
+        options["n_threads"] = args.threads
+    if getattr(args, "prefill_model", None):
+        options["prefill_model"] = args.prefill_model
+    return {
+        "engine": getattr(args, "engine", "auto"),
+        "remote_url": getattr(args, "remote_url", None),
+        "remote_model": getattr(args, "remote_model", None),
+        "remote_api_key": getattr(args, "remote_api_key", None) or env.remote_api_key(),
+        "quantize": getattr(args, "quantize", None),
+        "device_map": getattr(args, "device_map", None),
+        "engine_options": options or None,
+    }

@@ -1,0 +1,121 @@
+"""The installed llama-cpp-python: importing it and reading how it was built.
+
+What this CPU and this build can do (AMX tiles, OpenMP threads, chatforge's patch) decides
+how engines load a GGUF and how ``models/gguf`` quantizes one, so it sits below both and
+imports nothing of chatforge.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the llama.cpp engine needs llama-cpp-python: pip install 'chatforge[llama]' "
+    "(or `make install`, which builds it; about 4 minutes)"
+)
+
+OPENMP_HINT = (
+    "llama-cpp-python was built with OpenMP: next to PyTorch in one process it decodes about "
+    "25% slower. Rebuild it with its own thread pool: CMAKE_ARGS=-DGGML_OPENMP=OFF pip install "
+    "--force-reinstall --no-cache-dir --no-deps llama-cpp-python (make install does this)"
+)
+
+#: The marker ``patches/llama-cpp-python-*/amx-small-batches.patch`` compiles into the library.
+PATCH_MARK = b"chatforge-llama-patch: amx-small-batches-1"
+
+
+class LlamaCppMissingError(RuntimeError):
+    """llama-cpp-python is not installed; the message says how to install it."""
+
+
+def import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise LlamaCppMissingError(f"{INSTALL_HINT} ({err})") from None
+    return llama_cpp
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_tile" in flags or "amx_int8" in flags or "amx_bf16" in flags
+
+
+def system_info() -> bytes | None:
+    """llama.cpp's build line (``AMX_INT8 = 1 | OPENMP = 1 | ...``), or None without it."""
+    try:
+        info = import_llama_cpp().llama_print_system_info()
+    except Exception:  # noqa: BLE001 - no llama.cpp, or an old binding
+        return None
+    return info if isinstance(info, bytes) else str(info).encode()
+
+
+@functools.cache
+def built_with_amx() -> bool:
+    """Whether the installed llama.cpp has its AMX matrix path compiled in (assumed when its
+    build cannot be read). ``make llama-cpp LLAMA_AMX=0`` rebuilds it without on AMX CPUs."""
+    info = system_info()
+    return info is None or b"AMX_INT8 = 1" in info
+
+
+@functools.cache
+def built_with_openmp() -> bool:
+    """Whether the installed llama.cpp runs its threads through OpenMP.
+
+    PyTorch brings its own ``libgomp`` and llama.cpp then shares it: once any other thread
+    of the process has run a parallel PyTorch operation (a model load, the hybrid engine's
+    prefill, an embedding), libgomp counts more threads than cores and stops spinning at
+    barriers, and llama.cpp's decode, which passes a barrier after every operation, slows
+    down by about a quarter (docs/benchmarks.md). ``make install`` builds llama.cpp with its
+    own thread pool instead (``-DGGML_OPENMP=OFF``).
+    """
+    info = system_info()
+    return info is not None and b"OPENMP = 1" in info
+
+
+@functools.cache
+def warn_if_openmp() -> None:
+    if built_with_openmp():
+        log.warning(OPENMP_HINT)
+
+
+def library_file() -> Path | None:
+    """The installed llama.cpp's CPU library (``libggml-cpu.so``, or ``libllama.so``)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    found = sorted(lib.glob("libggml-cpu.so*")) or sorted(lib.glob("libllama.so*"))
+    return found[0] if found else None
+
+
+@functools.cache
+def small_batch_kernels() -> bool:
+    """Whether the installed llama.cpp carries chatforge's AMX patch (``make install`` builds
+    it so): 2–4-row products with Q8_0 weights through AVX512-VNNI, the tile configuration
+    loaded at every call."""
+    library = library_file()
+    try:
+        return library is not None and PATCH_MARK in library.read_bytes()
+    except OSError:
+        return False
+
+
+def default_threads() -> int:
+    """Cores available to this process (llama.cpp gains nothing from SMT siblings)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count() or 1
+    return max(1, available)
