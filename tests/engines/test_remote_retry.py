@@ -283,3 +283,32 @@ def test_retry_after_values():
     assert retry_after_seconds("-4", now) == 0.0
     for unreadable in (None, "", "soon", "nan", "inf"):
         assert retry_after_seconds(unreadable, now) is None
+
+
+def test_the_cli_flags_reach_the_engine(upstream, tiny_tokenizer, tmp_path, monkeypatch):
+    from chatforge import chat, cli
+    from chatforge.engines.select import build_engine
+
+    flags = ["--remote-max-tries", "7", "--remote-backoff", "0.2", "--remote-connect-timeout", "3"]
+    flags += ["--remote-read-timeout", "60"]
+    seen: dict = {}
+    monkeypatch.setattr(chat, "load_model", lambda ref, **kw: seen.update(kw))
+    cli.load_from_args(cli.build_parser().parse_args(["chat", "--remote-url", upstream.url, *flags]))
+    options = seen["engine_options"]
+    assert options == {"max_tries": 7, "backoff": 0.2, "connect_timeout": 3.0, "read_timeout": 60.0}
+    # An engine that is not the remote one never sees them.
+    cli.load_from_args(
+        cli.build_parser().parse_args(
+            ["chat", "--engine", "transformers", "--remote-url", upstream.url, *flags]
+        )
+    )
+    assert seen["engine_options"] is None
+
+    upstream.start()
+    tiny_tokenizer.save_pretrained(tmp_path)
+    built = build_engine(tmp_path, "remote", remote_url=upstream.url, options=options)
+    engine = built.engine
+    assert (engine.max_tries, engine.backoff) == (7, 0.2)
+    timeout = engine._client.timeout
+    assert (timeout.connect, timeout.read) == (3.0, 60.0)
+    engine.close()
