@@ -100,8 +100,10 @@ def test_an_unreachable_server_says_where(tiny_tokenizer):
     def refuse(request):
         raise httpx.ConnectError("connection refused")
 
-    with pytest.raises(EngineError, match="cannot reach the remote engine at http://upstream:8000/v1"):
-        engine_for(refuse, tiny_tokenizer)
+    with pytest.raises(
+        EngineError, match="cannot reach the remote engine at http://upstream:8000/v1.*2 tries"
+    ):
+        engine_for(refuse, tiny_tokenizer, max_tries=2, backoff=0)  # retries: test_remote_retry.py
 
 
 # -- against llama.cpp's server ------------------------------------------------------------

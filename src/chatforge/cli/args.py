@@ -8,8 +8,9 @@ from typing import Any
 
 from chatforge import env
 from chatforge.chat import ChatModel, load_model
+from chatforge.engines import remote
 from chatforge.engines.base import sampling_options
-from chatforge.engines.select import GGUF_QUANTIZE, QUANTIZE
+from chatforge.engines.select import GGUF_QUANTIZE, QUANTIZE, REMOTE_OPTIONS, normalise_engine
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,33 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--remote-model", default=None, help="the model name at --remote-url (default: its first)")
     g.add_argument(
         "--remote-api-key", default=None, help="API key for --remote-url (default: $CHATFORGE_REMOTE_API_KEY)"
+    )
+    g.add_argument(
+        "--remote-max-tries",
+        type=int,
+        default=None,
+        help="tries per request to --remote-url on connection errors and HTTP 429/502/503/504, the first "
+        f"included (default: {remote.DEFAULT_MAX_TRIES}; 1 turns retries off)",
+    )
+    g.add_argument(
+        "--remote-backoff",
+        type=float,
+        default=None,
+        help="seconds before the second try, doubled for each further one, half of it random; a "
+        f"Retry-After from the server overrides it (default: {remote.DEFAULT_BACKOFF:g})",
+    )
+    g.add_argument(
+        "--remote-connect-timeout",
+        type=float,
+        default=None,
+        help=f"seconds to open a connection to --remote-url (default: {remote.DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    g.add_argument(
+        "--remote-read-timeout",
+        type=float,
+        default=None,
+        help="the longest silence, in seconds, while reading a reply from --remote-url "
+        f"(default: {remote.DEFAULT_READ_TIMEOUT:g})",
     )
     g.add_argument(
         "--quantize",
@@ -88,8 +116,16 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         options["n_threads"] = args.threads
     if getattr(args, "prefill_model", None):
         options["prefill_model"] = args.prefill_model
+    engine = getattr(args, "engine", "auto")
+    if getattr(args, "remote_url", None) and normalise_engine(engine) in ("auto", "remote"):
+        # --remote-max-tries and co. as RemoteEngine keywords; only where the remote engine
+        # may be built, and build_engine drops them when it is not (auto with --quantize q4_0).
+        for keyword in REMOTE_OPTIONS:
+            value = getattr(args, f"remote_{keyword}", None)
+            if value is not None:
+                options[keyword] = value
     return {
-        "engine": getattr(args, "engine", "auto"),
+        "engine": engine,
         "remote_url": getattr(args, "remote_url", None),
         "remote_model": getattr(args, "remote_model", None),
         "remote_api_key": getattr(args, "remote_api_key", None) or env.remote_api_key(),

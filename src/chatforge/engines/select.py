@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "transformers", "llama.cpp", "hybrid", "remote")
 QUANTIZE = ("int8", "int4")  # bitsandbytes, for transformers
 GGUF_QUANTIZE = REQUANTIZE_TYPES  # llama.cpp re-quantizes the GGUF
+# RemoteEngine's connection knobs (the CLI's --remote-max-tries and co.) among engine options.
+REMOTE_OPTIONS = ("max_tries", "backoff", "connect_timeout", "read_timeout")
 
 
 @dataclass
@@ -195,6 +197,8 @@ def build_engine(
                 f"the {engine} engine cannot attach PEFT adapters; use --engine transformers, "
                 "or merge the adapter (chatforge export) and convert the result to GGUF"
             )
+        for remote_only in REMOTE_OPTIONS:  # given with a --remote-url that is not used here
+            options.pop(remote_only, None)
         prefill = options.pop("prefill_model", None)
         prefill = prefill_weights(ref, prefill) if engine == "hybrid" else None
         gguf = resolve_gguf(ref, quantize)
