@@ -5,9 +5,9 @@ round by round:
 
 * ``direct``: one thread per stream calling the engine;
 * ``served, clients in-process``: through chatforge's server on loopback, the HTTP clients
-  being threads of this process (what ``chatforge bench`` did before 2026-12-01 evening);
+  being threads of this process;
 * ``served, clients apart``: the same server, the clients in a process of their own (what
-  ``chatforge bench`` does now, as an application calling the server would be).
+  ``chatforge bench`` does, as an application calling the server would).
 
 For each, the engine's batch thread is timed step by step: the llama.cpp decode (both
 cores computing) and the Python work around it (sampling, handing tokens over, admitting

@@ -1,7 +1,7 @@
 """LoRA training throughput on the embedded default model: multi-turn vs split, packed vs padded.
 
 Generates a deterministic synthetic set of 3-5-turn Chinese/English conversations (the
-MODELS.md reference: 64 conversations, ~31k tokens), then trains one epoch of LoRA
+reference workload of docs/models.md: 64 conversations, ~31k tokens), then trains one epoch of LoRA
 (r=8 on q_proj/v_proj, batch 4, max length 512, bf16) through ``chatforge.train.train`` --
 the code ``chatforge train`` runs -- for each layout:
 

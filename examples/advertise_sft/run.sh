@@ -2,7 +2,7 @@
 # Prompt/response SFT with evaluation before and after. Run from the repository root.
 set -euo pipefail
 JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-[ -f "$JEMALLOC" ] && export LD_PRELOAD="$JEMALLOC"   # 1.75x faster training on this CPU
+[ -f "$JEMALLOC" ] && export LD_PRELOAD="$JEMALLOC"   # about 1.75x faster LoRA training on CPU (docs/models.md)
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/advertise_sft}
 mkdir -p "$OUT"

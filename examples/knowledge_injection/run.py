@@ -53,7 +53,7 @@ class Variant:
 # 3 replayed answers), all 38 replay prompts trained by the KL term alone.
 KL_SETUP = {"lora.target_modules": MLP, "training.batch_size": 8, "training.replay_cross_entropy": False}
 VARIANTS = {
-    # The earlier recipes, kept as the comparison.
+    # Recipes that fall short, kept for comparison.
     "lora_plain": Variant("lora", {"lora.r": 8, "training.learning_rate": 1e-3, "training.max_steps": 6}),
     "lora_replay": Variant("lora", {"lora.r": 4, "training.learning_rate": 5e-4, "training.max_steps": 12},
                            replay=8),
