@@ -20,7 +20,7 @@ $(PY):
 # 7 on CPUs with AMX. --no-cache-dir: never reuse a wheel built with other flags.
 # On CPUs with AMX it is built for this CPU with -fno-tree-dse -fno-dse: GCC 12 drops, as
 # dead stores, the writes that fill llama.cpp's AMX tile configuration, and the first tile
-# instruction faults (the crash MODELS.md reports); the flags keep them (docs/engines.md,
+# instruction faults (the crash docs/models.md describes); the flags keep them (docs/engines.md,
 # "llama.cpp's AMX path"). `make llama-cpp LLAMA_AMX=0` builds without the AMX kernels
 # instead (every AMX CPU has the AVX-512 set named here).
 # Without OpenMP (llama.cpp's own thread pool): PyTorch's libgomp, shared with an OpenMP

@@ -60,7 +60,7 @@ def test_help_lists_the_commands():
 
 def test_train_command_restarts_under_jemalloc(tmp_path):
     """`chatforge train` re-executes itself with jemalloc preloaded when it is installed (one
-    epoch of LoRA: 85 s instead of 149 s in MODELS.md), and says so; CHATFORGE_JEMALLOC=0 keeps glibc."""
+    epoch of LoRA: 85 s instead of 149 s in docs/models.md), and says so; CHATFORGE_JEMALLOC=0 keeps glibc."""
     import os
 
     from chatforge.train.allocator import JEMALLOC

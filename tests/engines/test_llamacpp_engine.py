@@ -310,7 +310,7 @@ CRASH_PROBE = textwrap.dedent(
 
 @pytest.mark.integration
 def test_default_gguf_decodes_without_crashing():
-    """llama.cpp's AMX path segfaults on the first decode on AMX CPUs (MODELS.md); a crash kills
+    """llama.cpp's AMX path segfaults on the first decode on AMX CPUs in builds that drop its tile configuration (docs/models.md); a crash kills
     the process, so the decode runs in a child and its exit status is checked."""
     pytest.importorskip("llama_cpp")
     from chatforge.models.embedded import EmbeddedModelError, part_paths

@@ -89,7 +89,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def goals(results: Results, opts: BenchOptions) -> list[str]:
-    """The issue's goals as ratios within this run, for the first engine measured."""
+    """The goals as ratios within this run, for the first engine measured."""
     if not opts.engines:
         return []
     engine = opts.engines[0]

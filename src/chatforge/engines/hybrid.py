@@ -1,8 +1,9 @@
 """The hybrid engine: transformers' bf16 prefill, llama.cpp's quantized decode.
 
 On a CPU with bf16 matrix units PyTorch computes a long prompt in bf16 faster than
-llama.cpp does with Q4 weights (about six times with AMX, 1.8x with AVX512-BF16 alone),
-while llama.cpp decodes about four times as fast (MODELS.md, docs/benchmarks.md). This engine takes the better half of each: it
+llama.cpp does with Q4 weights (about six times against llama.cpp's generic kernels on an
+AMX CPU, 1.8x against its AMX path or with AVX512-BF16 alone), while llama.cpp decodes about
+four times as fast (docs/models.md, docs/benchmarks.md). This engine takes the better half of each: it
 is the llama.cpp engine (same batching, sequences, prefix reuse and sampling), except
 that a prompt with at least ``min_prefill`` new tokens is run through the transformers
 model, and the keys and values that produced are written into the llama.cpp sequence
