@@ -25,7 +25,7 @@ import sys
 CHILD = r"""
 import json, statistics, sys, time
 import llama_cpp as lib
-from chatforge.engines.amx import small_batch_kernels
+from chatforge.llama_lib import small_batch_kernels
 from chatforge.engines.amx import extra_buffers_default
 path, counts, steps = sys.argv[1], [int(n) for n in sys.argv[2].split(",")], int(sys.argv[3])
 lib.llama_backend_init()

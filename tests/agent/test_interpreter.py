@@ -264,7 +264,7 @@ def test_config_is_validated():
 
 
 def test_missing_landlock_protections_are_logged_once(caplog):
-    from chatforge.agent import kernel_launch
+    from chatforge.agent.interpreter import launch as kernel_launch
     from chatforge.agent.interpreter.landlock import LandlockReport
 
     report = LandlockReport(abi=3, filesystem=True, notes=("TCP restrictions need Landlock ABI 4",))

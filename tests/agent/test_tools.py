@@ -573,7 +573,7 @@ def test_registry_refuses_duplicates_unless_replaced():
 
 
 def test_register_tool_uses_default_registry(monkeypatch):
-    from chatforge.agent import tools as tools_module
+    from chatforge.agent.tools import registry as tools_module
 
     fresh = ToolRegistry()
     monkeypatch.setattr(tools_module, "default_registry", fresh)

@@ -137,15 +137,15 @@ def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_e
 def test_plain_references_use_the_amx_path_exactly_where_the_engine_does(smollm_path, monkeypatch):
     """A llama.cpp whose AMX path crashes (the probe's verdict) would end the bench in the
     references; they load with the engine's choice of llama.cpp's extra buffer types."""
-    from chatforge import bench_subjects
-    from chatforge.engines import llamacpp
+    from chatforge.bench import subjects as bench_subjects
+    from chatforge.engines import amx
 
     need_llama_cpp()
     import llama_cpp.llama_cpp as low
 
     shipped = low.llama_model_default_params
     for extra in (False, True):
-        monkeypatch.setattr(llamacpp, "extra_buffers_default", lambda path, extra=extra: extra)
+        monkeypatch.setattr(amx, "extra_buffers_default", lambda path, extra=extra: extra)
         plain = bench_subjects.RawLlamaCpp(smollm_path, 1, n_ctx=256)
         batch = bench_subjects.PlainLlamaBatch(smollm_path, 1, n_seq=1, n_ctx_per_seq=256)
         try:
@@ -159,7 +159,8 @@ def test_plain_references_use_the_amx_path_exactly_where_the_engine_does(smollm_
 
 
 def test_bench_quantize_measures_the_requantized_gguf_everywhere(smollm_path, tmp_path, monkeypatch):
-    from chatforge import bench, bench_subjects, chat
+    from chatforge import chat
+    from chatforge.bench import subjects as bench_subjects
 
     need_llama_cpp()
     monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path))
@@ -197,7 +198,7 @@ def test_bench_quantize_measures_the_requantized_gguf_everywhere(smollm_path, tm
     results = run_bench(opts)
     made = list((tmp_path / "gguf").glob("*-q4_0-*.gguf"))
     assert len(made) == 1 and opened == [made[0]] * 3  # the engine, plain Llama, the batch reference
-    assert "re-quantized to q4_0" in bench.report(results, opts)
+    assert "re-quantized to q4_0" in report(results, opts)
 
 
 def test_stream_clients_run_in_a_process_of_their_own_on_one_client(smollm_path, monkeypatch):
@@ -211,7 +212,8 @@ def test_stream_clients_run_in_a_process_of_their_own_on_one_client(smollm_path,
 
     import httpx
 
-    from chatforge import bench, bench_client
+    from chatforge.bench import client as bench_client
+    from chatforge.bench import run as bench
     from chatforge.chat import load_model
 
     need_llama_cpp()

@@ -286,18 +286,20 @@ def test_retry_after_values():
 
 
 def test_the_cli_flags_reach_the_engine(upstream, tiny_tokenizer, tmp_path, monkeypatch):
-    from chatforge import chat, cli
+    from chatforge import chat
+    from chatforge.cli import args as cli_args
+    from chatforge.cli import commands as cli
     from chatforge.engines.select import build_engine
 
     flags = ["--remote-max-tries", "7", "--remote-backoff", "0.2", "--remote-connect-timeout", "3"]
     flags += ["--remote-read-timeout", "60"]
     seen: dict = {}
     monkeypatch.setattr(chat, "load_model", lambda ref, **kw: seen.update(kw))
-    cli.load_from_args(cli.build_parser().parse_args(["chat", "--remote-url", upstream.url, *flags]))
+    cli_args.load_from_args(cli.build_parser().parse_args(["chat", "--remote-url", upstream.url, *flags]))
     options = seen["engine_options"]
     assert options == {"max_tries": 7, "backoff": 0.2, "connect_timeout": 3.0, "read_timeout": 60.0}
     # An engine that is not the remote one never sees them.
-    cli.load_from_args(
+    cli_args.load_from_args(
         cli.build_parser().parse_args(
             ["chat", "--engine", "transformers", "--remote-url", upstream.url, *flags]
         )

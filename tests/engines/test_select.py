@@ -97,7 +97,9 @@ def test_llama_cpp_refuses_adapters_and_hf_dirs(tmp_path):
 
 
 def test_cli_engine_flags_reach_load_model(monkeypatch):
-    from chatforge import chat, cli
+    from chatforge import chat
+    from chatforge.cli import args as cli_args
+    from chatforge.cli import commands as cli
 
     seen = {}
     monkeypatch.setattr(chat, "load_model", lambda ref, **kw: seen.update(kw, ref=ref))
@@ -118,7 +120,7 @@ def test_cli_engine_flags_reach_load_model(monkeypatch):
             "2",
         ]
     )
-    cli.load_from_args(args)
+    cli_args.load_from_args(args)
     assert seen["engine"] == "remote" and seen["remote_url"] == "http://h:8000/v1"
     assert seen["remote_model"] == "qwen" and seen["remote_api_key"] == "k"
     assert seen["engine_options"] == {"n_parallel": 8, "n_threads": 2}

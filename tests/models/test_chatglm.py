@@ -25,7 +25,8 @@ from sentencepiece import sentencepiece_model_pb2
 sys.path.insert(0, str(Path(__file__).parent))
 from chatglm_reference import ReferenceConfig, random_reference_model  # noqa: E402
 
-from chatforge.models import chatglm, chatglm_cli  # noqa: E402
+from chatforge.cli import convert as chatglm_cli  # noqa: E402
+from chatforge.models.chatglm import convert as chatglm  # noqa: E402
 from chatforge.models.chatglm.adapters import (  # noqa: E402
     convert_chatglm_adapter,
     convert_chatglm_ptuning,

@@ -9,7 +9,7 @@ import openai
 import pytest
 from tiny import step_sizes
 
-from chatforge.cli.main import build_parser
+from chatforge.cli.commands import build_parser
 from chatforge.cli.serve import settings_from_args
 from chatforge.engines.batching import BATCH_WAIT
 from chatforge.serve.app import create_app

@@ -32,15 +32,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatforge import llama_lib
+from chatforge import chat, llama_lib
 from chatforge.bench.client import run_streams
 from chatforge.bench.options import BenchOptions, Results
-from chatforge.bench.subjects import EngineSubject, RawLlamaCpp, RawTransformers, Subject, uncached
-from chatforge.chat import load_model
+from chatforge.bench.subjects import (
+    EngineSubject,
+    PlainLlamaBatch,
+    RawLlamaCpp,
+    RawTransformers,
+    Subject,
+    uncached,
+)
 from chatforge.engines import amx
 from chatforge.engines.base import SamplingParams
-from chatforge.engines.select import llama_cpp_available
+from chatforge.engines.select import llama_cpp_available, resolve_gguf
 from chatforge.messages import Message, Role
+from chatforge.serve.app import create_app
+from chatforge.serve.in_process import serve_in_thread
+from chatforge.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +253,6 @@ def served_streams(model: Any, opts: BenchOptions) -> Iterator[ServedStreams | N
     try:
         import httpx  # noqa: F401 - the client process needs it
 
-        from chatforge.serve.app import create_app
-        from chatforge.serve.in_process import serve_in_thread
-        from chatforge.serve.settings import ServeSettings
     except ImportError as err:
         log.warning("skipping the server measurement: %s", err)
         yield None
@@ -314,7 +320,7 @@ def run_bench(opts: BenchOptions) -> Results:
             options["n_parallel"] = max([*opts.streams, 2 if opts.turns else 1])
         # 4,096 tokens per sequence holds every prompt here (the default, 8,192, doubles the KV memory).
         context = 4096 if gguf else None
-        models[engine] = load_model(
+        models[engine] = chat.load_model(
             opts.model,
             engine=engine,
             context_length=context,
@@ -352,8 +358,6 @@ def _batch_reference(opts: BenchOptions, models: dict[str, Any]) -> Any:
     if not opts.references or not any(name in ("llama.cpp", "hybrid") for name in models):
         return None
     try:
-        from chatforge.bench.subjects import PlainLlamaBatch
-        from chatforge.engines.select import resolve_gguf
 
         return PlainLlamaBatch(resolve_gguf(opts.model, opts.quantize), opts.threads, max(opts.streams))
     except (ImportError, ValueError, RuntimeError) as err:
@@ -367,9 +371,8 @@ def _references(opts: BenchOptions, models: dict[str, Any]) -> list[Subject]:
     if hf is not None and hf.model is not None:
         subjects.append(RawTransformers(hf.model))
     else:
-        subjects.append(RawTransformers(load_model(opts.model, engine="transformers").model))
+        subjects.append(RawTransformers(chat.load_model(opts.model, engine="transformers").model))
     try:
-        from chatforge.engines.select import resolve_gguf
 
         subjects.append(RawLlamaCpp(resolve_gguf(opts.model, opts.quantize), opts.threads))
     except (ImportError, ValueError) as err:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from chatforge.engines.amx import extra_buffers_default, on_llama_thread
+from chatforge.engines import amx
+from chatforge.engines.amx import on_llama_thread
 from chatforge.engines.base import SamplingParams
 from chatforge.llama_lib import default_threads
 
@@ -102,7 +103,7 @@ class RawLlamaCpp(Subject):
         threads = threads or default_threads()
         # The AMX path where the engine uses it, no more (a build whose path crashes would
         # end the bench); Llama() has no argument for it, so its default parameters say it.
-        extra = extra_buffers_default(path)
+        extra = amx.extra_buffers_default(path)
         shipped = low.llama_model_default_params
 
         def model_params() -> Any:
@@ -159,7 +160,7 @@ class PlainLlamaBatch:
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
         # AMX only where it works (engines/amx.py), as the engine does, unless told.
-        params.use_extra_bufts = extra_buffers_default(path) if extra_buffers is None else extra_buffers
+        params.use_extra_bufts = amx.extra_buffers_default(path) if extra_buffers is None else extra_buffers
         self.extra_buffers = bool(params.use_extra_bufts)
         self.model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:

@@ -2,6 +2,6 @@
 
 import sys
 
-from chatforge.cli.main import main
+from chatforge.cli.commands import main
 
 sys.exit(main())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from chatforge import env
-from chatforge.chat import ChatModel, load_model
+from chatforge import chat, env
+from chatforge.chat import ChatModel
 from chatforge.engines import remote
 from chatforge.engines.base import sampling_options
 from chatforge.engines.select import GGUF_QUANTIZE, QUANTIZE, REMOTE_OPTIONS, normalise_engine
@@ -96,7 +96,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_from_args(args: argparse.Namespace) -> ChatModel:
-    return load_model(
+    return chat.load_model(
         args.model,
         device=args.device,
         dtype=args.dtype,

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatforge.tokenizer import Tokenizer
+
 
 class EngineError(RuntimeError):
     """Generation failed; the text says why."""
@@ -167,7 +169,7 @@ class Engine(ABC):
 
     name = "engine"
 
-    def __init__(self, tokenizer: Any, context_length: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
         self.tokenizer = tokenizer
         self.context_length = context_length
 
@@ -254,7 +256,7 @@ class Engine(ABC):
 class IncrementalDecoder:
     """Decodes one token at a time without splitting multi-byte characters."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.prefix = 0  # where the window used for context starts

@@ -33,6 +33,7 @@ import torch
 
 from chatforge.engines.base import Engine, EngineError, GenerationStats, KVState, SamplingParams
 from chatforge.engines.sampling import apply_penalties, sample
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Work:
 class BatchingEngine(Engine):
     """An engine whose requests share forward passes through one worker thread."""
 
-    def __init__(self, tokenizer: Any, context_length: int, max_batch: int, max_step_tokens: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, context_length: int, max_batch: int, max_step_tokens: int) -> None:
         super().__init__(tokenizer, context_length)
         self.max_batch = max_batch
         self.max_step_tokens = max_step_tokens

@@ -29,6 +29,7 @@ from transformers.cache_utils import DynamicLayer
 
 from chatforge.engines.base import EngineError, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class TransformersEngine(BatchingEngine):
     def __init__(
         self,
         model: Any,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         context_length: int | None = None,
         n_parallel: int = 8,
         prefill_chunk: int = 512,

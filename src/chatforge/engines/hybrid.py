@@ -37,6 +37,7 @@ from chatforge.engines.base import EngineError
 from chatforge.engines.batching import Request
 from chatforge.engines.kvstate import SeqState, StateFormatError
 from chatforge.engines.llamacpp import LlamaCppEngine, _Sequence
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class HybridEngine(LlamaCppEngine):
     def __init__(
         self,
         model_path: str | Path,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         prefill_model: str | Path | Any,
         *,
         min_prefill: int | None = None,

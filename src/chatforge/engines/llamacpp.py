@@ -28,7 +28,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -37,6 +36,7 @@ from chatforge.engines.base import EngineError, KVState, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
 from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
 from chatforge.llama_lib import default_threads, import_llama_cpp, warn_if_openmp
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class LlamaCppEngine(BatchingEngine):
     def __init__(
         self,
         model_path: str | Path,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         context_length: int | None = None,
         n_parallel: int = 4,

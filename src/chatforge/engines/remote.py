@@ -39,6 +39,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 from chatforge.engines.base import Chunk, Engine, EngineError, GenerationStats, KVState, SamplingParams
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class RemoteEngine(Engine):
     def __init__(
         self,
         url: str,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         model: str | None = None,
         api_key: str | None = None,

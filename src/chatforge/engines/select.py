@@ -34,6 +34,7 @@ from chatforge.engines.amx import preferred_gguf
 from chatforge.llama_lib import import_llama_cpp
 from chatforge.models.embedded import DEFAULT, assemble_gguf, cache_dir, ensure_hf_dir, file_key
 from chatforge.models.gguf.export import REQUANTIZE_TYPES, requantized
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ REMOTE_OPTIONS = ("max_tries", "backoff", "connect_timeout", "read_timeout")
 @dataclass
 class BuiltEngine:
     engine: Any
-    tokenizer: Any
+    tokenizer: Tokenizer
     name: str
 
 

@@ -7,8 +7,6 @@ template for tokenizers that carry none (``chatml``), the native ChatGLM3 format
 
 from __future__ import annotations
 
-from typing import Any
-
 from chatforge.templates.base import (
     IGNORE_INDEX,
     LossMode,
@@ -21,6 +19,7 @@ from chatforge.templates.base import (
 from chatforge.templates.chatglm3 import REQUIRED_TOKENS, ChatGLM3Template
 from chatforge.templates.hf import CHATML_TEMPLATE, HFTemplate
 from chatforge.templates.react import ReActTemplate
+from chatforge.tokenizer import Tokenizer
 
 TEMPLATE_NAMES = ("auto", "hf", "chatml", "chatglm3", "react")
 
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 
-def get_template(name: str, tokenizer: Any) -> Template:
+def get_template(name: str, tokenizer: Tokenizer) -> Template:
     """The template called ``name`` for ``tokenizer``; ``auto`` picks from what the tokenizer carries."""
     if name not in TEMPLATE_NAMES:
         raise TemplateError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")

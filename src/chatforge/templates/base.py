@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from chatforge.messages import Message, Role, normalize_tool_schema, tools_of
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Template(ABC):
 
     name: str = "template"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
     # -- to implement -------------------------------------------------------

@@ -29,6 +29,7 @@ from chatforge.messages import (
     tools_of,
 )
 from chatforge.templates.base import Segment, StreamParser, Template, TemplateError
+from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ REQUIRED_TOKENS = ("[gMASK]", "sop", *ROLE_TOKENS.values())
 class ChatGLM3Template(Template):
     name = "chatglm3"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         super().__init__(tokenizer)
         vocab = tokenizer.get_vocab()
         missing = [t for t in REQUIRED_TOKENS if t not in vocab]

@@ -17,6 +17,7 @@ from typing import Any
 from chatforge.messages import Message, Role
 from chatforge.templates.base import Segment, StreamParser, Template, TemplateError
 from chatforge.templates.toolcall_text import safe_prefix_length, split_calls
+from chatforge.tokenizer import Tokenizer
 
 _PLACEHOLDER = "\x1eCF{}\x1f"
 _PLACEHOLDER_RE = re.compile("\x1eCF(\\d+)\x1f")
@@ -62,7 +63,7 @@ OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question
 class HFTemplate(Template):
     name = "hf"
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None, observation_hint: str | None = OBSERVATION_HINT) -> None:
+    def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None, observation_hint: str | None = OBSERVATION_HINT) -> None:
         super().__init__(tokenizer)
         self.observation_hint = observation_hint
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)

@@ -25,8 +25,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from chatforge.agent.interpreter.landlock import LandlockReport
-
 if TYPE_CHECKING:
     from chatforge.agent.interpreter.landlock import LandlockPolicy, LandlockReport
 
@@ -84,6 +82,10 @@ class SandboxReport:
 
     @classmethod
     def from_json(cls, text: str) -> SandboxReport:
+        # Read by the server, never by the launcher, which runs this file by path and must
+        # import only the standard library and landlock.py beside it.
+        from chatforge.agent.interpreter.landlock import LandlockReport
+
         data = json.loads(text)
         landlock = LandlockReport.from_json(json.dumps(data["landlock"]))
         return cls(capabilities_dropped=bool(data["capabilities_dropped"]), landlock=landlock)
