@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
-from smollm import smollm_gguf  # noqa: E402
+from smollm import need_llama_cpp, smollm_gguf  # noqa: E402
 from tiny import make_model, make_tokenizer  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tries to reach a hub fails at once
@@ -40,6 +40,25 @@ def tiny_chat(tiny_model, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def smollm_path() -> Path:
     return smollm_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_path):
+    from chatforge.engines.select import gguf_tokenizer
+
+    return gguf_tokenizer(smollm_path)
+
+
+@pytest.fixture(scope="session")
+def smollm_engine(smollm_path, smollm_tokenizer):
+    need_llama_cpp()
+    from chatforge.engines.llamacpp import LlamaCppEngine
+
+    # One thread: llama.cpp's threads spin-wait for each other, which collapses when other
+    # processes (a parallel test run) take the cores.
+    engine = LlamaCppEngine(smollm_path, smollm_tokenizer, context_length=1024, n_parallel=3, n_threads=1)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,32 +13,7 @@ import time
 
 import httpx
 import pytest
-
-SMOLLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def need_llama_cpp() -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'chatforge[llama]')")
-
-
-@pytest.fixture(scope="session")
-def smollm_tokenizer(smollm_path):
-    from chatforge.engines.select import gguf_tokenizer
-
-    return gguf_tokenizer(smollm_path)
-
-
-@pytest.fixture(scope="session")
-def smollm_engine(smollm_path, smollm_tokenizer):
-    need_llama_cpp()
-    from chatforge.engines.llamacpp import LlamaCppEngine
-
-    # One thread: llama.cpp's threads spin-wait for each other, which collapses when other
-    # processes (a parallel test run) take the cores.
-    engine = LlamaCppEngine(smollm_path, smollm_tokenizer, context_length=1024, n_parallel=3, n_threads=1)
-    yield engine
-    engine.close()
+from smollm import need_llama_cpp  # noqa: F401 - the engine tests import it from here
 
 
 def free_port() -> int:

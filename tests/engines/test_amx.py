@@ -11,8 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-
-from .conftest import need_llama_cpp
+from smollm import need_llama_cpp
 
 
 def test_dedicated_thread_runs_calls_on_one_thread_and_nested_calls_directly():

@@ -11,12 +11,10 @@ import time
 
 import numpy as np
 import pytest
+from smollm import chat_ids, need_llama_cpp, run
 
 from chatforge.engines.base import SamplingParams
 from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
-
-from .conftest import need_llama_cpp
-from .test_llamacpp_engine import chat_ids, run
 
 LONG = (
     "Here are some notes. The river runs east through the valley. The mill stands by the "

@@ -12,23 +12,11 @@ import threading
 import types
 
 import pytest
+from smollm import chat_ids, need_llama_cpp, run
 
 from chatforge.engines.base import PromptTooLongError, SamplingParams
 
-from .conftest import need_llama_cpp
-
 GREEDY = dict(do_sample=False, max_new_tokens=12)
-
-
-def chat_ids(tokenizer, text):
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-
-
-def run(engine, ids, params, state=None, cancel=None):
-    chunks = list(engine.stream(ids, params, state=state, cancel=cancel))
-    return [t for c in chunks for t in c.token_ids], chunks[-1]
 
 
 REFERENCE = textwrap.dedent(

@@ -3,13 +3,7 @@ tests/serve/serve_support.py's ``start``/``wait_ready``), with the API key ``KEY
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-
 import serve_models  # noqa: E402
 from serve_support import KEY, Server, start, stop, wait_ready  # noqa: E402,F401
 

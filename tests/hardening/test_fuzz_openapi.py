@@ -8,7 +8,7 @@ import os
 
 import httpx
 import pytest
-from conftest import KEY
+from serve_support import KEY
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402

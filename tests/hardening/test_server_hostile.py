@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import KEY
+from serve_support import KEY
 
 from chatforge.messages import Message, Role
 from chatforge.templates import get_template

@@ -18,8 +18,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny import make_model  # noqa: E402
 
 from chatforge.train import trainer as trainer_module  # noqa: E402

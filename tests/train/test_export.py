@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from tiny import make_model  # noqa: E402
 
 from chatforge.cli import main

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 from tiny import make_model  # noqa: E402
 
 from chatforge.train.config import LoraConfig, PTuningConfig

@@ -20,9 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 import serve_models as models  # noqa: E402
 
 KEY = "test-key-7d1f"

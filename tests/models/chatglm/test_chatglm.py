@@ -13,17 +13,14 @@ import io
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 import torch
+from chatglm_reference import ReferenceConfig, random_reference_model  # noqa: E402
 from safetensors.torch import save_file
 from sentencepiece import sentencepiece_model_pb2
-
-sys.path.insert(0, str(Path(__file__).parent))
-from chatglm_reference import ReferenceConfig, random_reference_model  # noqa: E402
 
 from chatforge.cli import convert as chatglm_cli  # noqa: E402
 from chatforge.models.chatglm import convert as chatglm  # noqa: E402

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from smollm import need_llama_cpp
+
 from chatforge.bench.options import BenchOptions
 from chatforge.bench.report import plot, report
 from chatforge.bench.run import run_bench
-
-from .conftest import need_llama_cpp
 
 
 def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_path, monkeypatch):
@@ -110,10 +110,10 @@ def test_goal_verdicts_tell_parity_within_noise_from_a_miss():
 def test_the_plain_batch_reference_decodes_like_the_engine(smollm_path, smollm_engine, smollm_tokenizer):
     """The concurrent-streams reference (plain llama.cpp's batch API) makes the same greedy
     tokens as chatforge's engine for each prompt, with prompts longer than one batch."""
+    from smollm import chat_ids, run
+
     from chatforge.bench.subjects import PlainLlamaBatch
     from chatforge.engines.base import SamplingParams
-
-    from .test_llamacpp_engine import chat_ids, run
 
     need_llama_cpp()
     prompts = [chat_ids(smollm_tokenizer, q) for q in ("What is the capital of France?", "Name a colour.")]
