@@ -13,7 +13,13 @@ from tiny import make_model  # noqa: E402
 from chatforge.templates import IGNORE_INDEX
 from chatforge.train.config import build_config
 from chatforge.train.dataset import Example, TrainDataset
-from chatforge.train.trainer import TRAIN_INFO, train, warn_indistinct_tokens
+from chatforge.train.trainer import (
+    TRAIN_INFO,
+    EmptyWeightsError,
+    check_weights,
+    train,
+    warn_indistinct_tokens,
+)
 
 QA = [
     ("What is the weather like in Paris today?", "It is sunny and warm."),
@@ -172,3 +178,23 @@ def test_special_tokens_with_untrained_output_rows_are_reported(tiny_tokenizer, 
     assert "add it to lora.trainable_tokens" in caplog.text
     assert warn_indistinct_tokens(model, tiny_tokenizer, data, ["<|im_end|>"]) == []
     assert warn_indistinct_tokens(make_model(tiny_tokenizer), tiny_tokenizer, data, []) == []
+
+
+def test_weights_saved_without_gathering_are_refused(tmp_path):
+    # What saving a ZeRO-3 model without gathering writes: tensors of no elements, or none.
+    from safetensors.torch import save_file
+
+    with pytest.raises(EmptyWeightsError, match="no weights"):
+        check_weights(tmp_path)
+    save_file(
+        {"lora_A.weight": torch.zeros(0), "lora_B.weight": torch.ones(4, 2)}, tmp_path / "adapter.safetensors"
+    )
+    with pytest.raises(
+        EmptyWeightsError, match=r"1 of its 2 tensors are empty \(lora_A.weight.*zero3_save_16bit_model"
+    ):
+        check_weights(tmp_path)
+    save_file({}, tmp_path / "adapter.safetensors")
+    with pytest.raises(EmptyWeightsError, match="no tensors: the sharded weights were not gathered"):
+        check_weights(tmp_path)
+    save_file({"lora_A.weight": torch.ones(2, 4)}, tmp_path / "adapter.safetensors")
+    check_weights(tmp_path)

@@ -5,7 +5,9 @@ scheduler, RNG states), ``metrics.jsonl`` (one JSON object per log/eval event),
 ``loss.png``, ``data_stats.json``, ``train_config.yaml`` and ``final/``: the adapter
 (PEFT methods) or the full model, with tokenizer and chat template, plus
 ``chatforge_train.json`` saying which base model and method made it. ``final/`` is
-written to a temporary directory and renamed, so it is either complete or absent.
+written to a temporary directory and renamed, so it is either complete or absent. It is
+saved through ``Trainer.save_model``, which gathers weights that FSDP or DeepSpeed ZeRO-3
+shard across processes, so it holds full tensors whatever the launch.
 
 ``data.replay_file`` samples join the training rows; with ``training.kl_to_base`` they
 also carry a KL term to the base model (:class:`~chatforge.train.kl.KLTrainer`). AdaLoRA's
@@ -59,12 +61,17 @@ log = logging.getLogger(__name__)
 TRAIN_INFO = "chatforge_train.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT_COMPLETE = "chatforge_checkpoint_complete.json"
+TRAINING_ARGS = "training_args.bin"  # written by Trainer.save_model
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 GIB = 1 << 30
 
 
 class OutputDirError(RuntimeError):
     """The output directory cannot be written, or its disk is too full to hold the run."""
+
+
+class EmptyWeightsError(RuntimeError):
+    """The final result's weights are missing or empty (sharded weights saved ungathered)."""
 
 
 @dataclass
@@ -406,19 +413,16 @@ def train(
         stats=stats,
         best_checkpoint=trainer.state.best_model_checkpoint,
     )
-    if trainer.is_world_process_zero():
-        info = {
-            "base_model": base_model,
-            "method": config.method.name,
-            "template": "plain" if isinstance(template, PlainTemplate) or d.plain else config.model.template,
-            "global_step": result.global_step,
-            "best_checkpoint": result.best_checkpoint,
-        }
-        save_final(trainer.model, tokenizer, out / "final", info)
-        if t.plot:
-            plot_loss(
-                out / METRICS, out / "loss.png", title=f"{config.method.name} · {Path(d.train_file).name}"
-            )
+    info = {
+        "base_model": base_model,
+        "method": config.method.name,
+        "template": "plain" if isinstance(template, PlainTemplate) or d.plain else config.model.template,
+        "global_step": result.global_step,
+        "best_checkpoint": result.best_checkpoint,
+    }
+    save_final(trainer, tokenizer, out / "final", info)  # every process: gathering the weights is collective
+    if trainer.is_world_process_zero() and t.plot:
+        plot_loss(out / METRICS, out / "loss.png", title=f"{config.method.name} · {Path(d.train_file).name}")
     return result
 
 
@@ -474,24 +478,72 @@ def _resume_path(resume_from: str, out: Path) -> str | None:
     return str(path)
 
 
-def save_final(model: Any, tokenizer: Any, final: Path, info: dict[str, Any]) -> Path:
-    """Write the result to a temporary directory, then rename it into place."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
+def save_final(trainer: Any, tokenizer: Any, final: Path, info: dict[str, Any]) -> Path:
+    """Write the trained adapter or model to a temporary directory, then rename it into place.
+
+    Every process must call this. Under FSDP or DeepSpeed ZeRO-3 each process holds only a
+    shard of the weights: ``Trainer.save_model`` gathers the full tensors (a collective)
+    and the main process writes them, so ``final/`` loads with plain peft / transformers.
+    """
+    main = trainer.is_world_process_zero()
+    accelerator = trainer.accelerator
+    # One name for every process: peft creates the directory on all of them, and DeepSpeed's
+    # fallback (below) writes into it from all of them.
+    tmp = final.with_name(f".{final.name}.tmp")
+    if main and tmp.exists():
         shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()  # nobody writes into the stale directory before it is gone
+    model = accelerator.unwrap_model(trainer.model)
     base = model.get_base_model() if is_peft(model) else model
     base.config.use_cache = True
+    if trainer.is_fsdp_enabled:
+        # With sharded state dicts (FSDP2's default, fine for checkpoints) save_model writes
+        # nothing; the final result is always gathered.
+        accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     # PEFT models save only the adapter; a fully fine-tuned model saves everything.
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    info = {**info, "kind": "adapter" if is_peft(model) else "model"}
-    (tmp / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    log.info("final %s written to %s", info["kind"], final)
+    trainer.save_model(str(tmp))
+    if main:
+        # The Trainer's pickled arguments are no part of the result (train_config.yaml is).
+        (tmp / TRAINING_ARGS).unlink(missing_ok=True)
+        tokenizer.save_pretrained(tmp)
+        check_weights(tmp)
+        info = {**info, "kind": "adapter" if is_peft(model) else "model"}
+        (tmp / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+        log.info("final %s written to %s", info["kind"], final)
+    accelerator.wait_for_everyone()  # every process returns with final/ in place
     return final
+
+
+def check_weights(directory: Path) -> None:
+    """Raise :class:`EmptyWeightsError` unless ``directory`` holds safetensors weights with
+    no empty tensor: what a save that missed the gathering of sharded weights leaves."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise EmptyWeightsError(f"{directory}: no weights were written (no *.safetensors file)")
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            names = list(f.keys())
+            empty = [n for n in names if math.prod(f.get_slice(n).get_shape()) == 0]
+        if not names or empty:
+            what = (
+                f"{len(empty)} of its {len(names)} tensors are empty ({empty[0]}, ...)"
+                if empty
+                else "no tensors"
+            )
+            raise EmptyWeightsError(
+                f"{file}: {what}: the sharded weights were not gathered before saving. Under "
+                "DeepSpeed ZeRO-3 set zero3_save_16bit_model: true in the accelerate config "
+                "(stage3_gather_16bit_weights_on_model_save in a DeepSpeed JSON); the checkpoints "
+                "are intact"
+            )
