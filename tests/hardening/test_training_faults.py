@@ -20,9 +20,11 @@ import yaml
 from safetensors.torch import load_file
 from tiny import make_model  # noqa: E402
 
+from chatforge.train import checkpoints  # noqa: E402
 from chatforge.train import trainer as trainer_module  # noqa: E402
+from chatforge.train.checkpoints import CHECKPOINT_COMPLETE, OutputDirError  # noqa: E402
 from chatforge.train.config import build_config  # noqa: E402
-from chatforge.train.trainer import CHECKPOINT_COMPLETE, OutputDirError, train  # noqa: E402
+from chatforge.train.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QA = [
@@ -156,7 +158,7 @@ def test_resume_latest_skips_a_partial_checkpoint(tmp_path, tiny_tokenizer, capl
         data = (partial / name).read_bytes()
         (partial / name).write_bytes(data[: len(data) // 3])
 
-    caplog.set_level(logging.INFO, logger="chatforge.train.trainer")
+    caplog.set_level(logging.INFO, logger="chatforge.train")
     more = {**cfg, "training.max_steps": 6, "training.resume_from": "latest"}
     result = train(small_config(tmp_path, out, **more), make_model(tiny_tokenizer).train(), tiny_tokenizer)
     assert result.global_step == 6
@@ -164,7 +166,7 @@ def test_resume_latest_skips_a_partial_checkpoint(tmp_path, tiny_tokenizer, capl
     assert f"resuming from {out / 'checkpoint-4'}" in caplog.text
     assert (out / "checkpoint-6" / CHECKPOINT_COMPLETE).exists()
     # The abandoned step-9 checkpoint stays unmarked; the next "latest" is checkpoint-6.
-    assert trainer_module.last_complete_checkpoint(out) == out / "checkpoint-6"
+    assert checkpoints.last_complete_checkpoint(out) == out / "checkpoint-6"
 
 
 def test_checkpoints_past_the_resume_step_are_unmarked(tmp_path, tiny_tokenizer):
@@ -196,7 +198,7 @@ def test_legacy_checkpoints_without_markers_still_resume(tmp_path, caplog):
     (out / "checkpoint-3" / "trainer_state.json").write_text("{}")
     (out / "checkpoint-5").mkdir()
     (out / "checkpoint-5" / "trainer_state.json").write_text('{"glob')  # torn write
-    assert trainer_module.last_complete_checkpoint(out) == out / "checkpoint-3"
+    assert checkpoints.last_complete_checkpoint(out) == out / "checkpoint-3"
     assert "skipping incomplete checkpoint" in caplog.text
 
 
@@ -216,7 +218,7 @@ def test_existing_directory_that_refuses_files_fails(tmp_path):
     # /proc/self exists and is a directory, but no one (root included) can create files in it:
     # the probe write, not mkdir, is what fails here.
     with pytest.raises(OutputDirError, match="training.output_dir /proc/self is not writable"):
-        trainer_module.check_output_dir(Path("/proc/self"), 0)
+        checkpoints.check_output_dir(Path("/proc/self"), 0)
 
 
 def test_full_disk_fails_with_the_numbers(tmp_path, monkeypatch):
@@ -227,13 +229,13 @@ def test_full_disk_fails_with_the_numbers(tmp_path, monkeypatch):
     with pytest.raises(OutputDirError, match=rf"{out}: only 0\.20 GiB free, this run needs about 1\.00 GiB"):
         train(small_config(tmp_path, out, **{"training.max_steps": 1}))
     # With less needed than is free, the check passes and leaves nothing behind.
-    trainer_module.check_output_dir(out, 100 << 20)
+    checkpoints.check_output_dir(out, 100 << 20)
     assert not list(out.glob(".chatforge-write-probe*")), "the probe file is removed"
 
 
 def test_full_fine_tune_needs_room_for_its_checkpoints():
     cfg = build_config({"data.train_file": "x.jsonl", "method.name": "full", "training.save_total_limit": 2})
     model_bytes = 4 * (1 << 30)
-    assert trainer_module.required_space(cfg, model_bytes) == model_bytes * 7
+    assert checkpoints.required_space(cfg, model_bytes) == model_bytes * 7
     lora = build_config({"data.train_file": "x.jsonl"})
-    assert trainer_module.required_space(lora, model_bytes) == 1 << 30
+    assert checkpoints.required_space(lora, model_bytes) == 1 << 30

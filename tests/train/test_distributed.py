@@ -17,7 +17,7 @@ from sharded_cpu_train import PROBE_IDS  # noqa: E402
 from tiny import make_model  # noqa: E402
 
 import chatforge  # noqa: E402
-from chatforge.train.trainer import CHECKPOINT_COMPLETE  # noqa: E402
+from chatforge.train.checkpoints import CHECKPOINT_COMPLETE  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
 SHARDED_TRAIN = Path(__file__).parents[1] / "support" / "sharded_cpu_train.py"

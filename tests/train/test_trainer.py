@@ -11,15 +11,10 @@ import torch
 from tiny import make_model  # noqa: E402
 
 from chatforge.templates import IGNORE_INDEX
+from chatforge.train.checkpoints import TRAIN_INFO, EmptyWeightsError, check_weights
 from chatforge.train.config import build_config
 from chatforge.train.dataset import Example, TrainDataset
-from chatforge.train.trainer import (
-    TRAIN_INFO,
-    EmptyWeightsError,
-    check_weights,
-    train,
-    warn_indistinct_tokens,
-)
+from chatforge.train.trainer import train, warn_indistinct_tokens
 
 QA = [
     ("What is the weather like in Paris today?", "It is sunny and warm."),

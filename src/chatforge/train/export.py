@@ -27,7 +27,7 @@ from chatforge.models.device import DTYPES
 from chatforge.models.embedded import DEFAULT, assemble_gguf
 from chatforge.models.gguf.export import GGUF_TYPES, write_gguf
 from chatforge.models.loader import load_weights, resolve
-from chatforge.train.trainer import TRAIN_INFO
+from chatforge.train.checkpoints import TRAIN_INFO
 
 log = logging.getLogger(__name__)
 
