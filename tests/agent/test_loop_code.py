@@ -3,7 +3,7 @@
 import pytest
 from scripted import scripted_model
 
-from chatforge.agent.interpreter import CodeInterpreter, InterpreterConfig
+from chatforge.agent import CodeInterpreter, InterpreterConfig
 from chatforge.agent.loop import Agent, EventKind
 
 

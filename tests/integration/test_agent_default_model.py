@@ -5,8 +5,7 @@ from typing import Annotated
 
 import pytest
 
-from chatforge.agent import tool
-from chatforge.agent.interpreter import CodeInterpreter, InterpreterConfig
+from chatforge.agent import CodeInterpreter, InterpreterConfig, tool
 from chatforge.agent.loop import Agent, EventKind
 
 pytestmark = pytest.mark.integration

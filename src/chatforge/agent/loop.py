@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from chatforge.agent.interpreter import CodeInterpreter, ExecutionResult, ImageOutput, InterpreterSession
-from chatforge.agent.tools import Tool, ToolRegistry, ToolResult
+from chatforge.agent.interpreter.code_interpreter import CodeInterpreter
+from chatforge.agent.interpreter.outputs import ExecutionResult, ImageOutput
+from chatforge.agent.interpreter.session import InterpreterSession
+from chatforge.agent.tools.definition import Tool
+from chatforge.agent.tools.registry import ToolRegistry
+from chatforge.agent.tools.results import ToolResult
 from chatforge.chat import ChatModel
 from chatforge.messages import INTERPRETER, Message, Role, ToolCall
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chatforge.agent.interpreter import (
+from chatforge.agent import (
     CodeInterpreter,
     ErrorOutput,
     ImageOutput,
@@ -17,8 +17,8 @@ from chatforge.agent.interpreter import (
     InterpreterError,
     StreamOutput,
     TextOutput,
-    is_png,
 )
+from chatforge.agent.interpreter.outputs import is_png
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="kernel limits use Linux rlimits and process groups"

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from chatforge.agent.tools import ToolRegistry
+from chatforge.agent import ToolRegistry
 from chatforge.agent.tools.builtin import (
     CalculatorError,
     UnitConversionError,

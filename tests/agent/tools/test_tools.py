@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional
 import pydantic
 import pytest
 
-from chatforge.agent.tools import (
+from chatforge.agent import (
     Tool,
     ToolArgumentError,
     ToolDefinitionError,
@@ -21,8 +21,8 @@ from chatforge.agent.tools import (
     ToolResult,
     register_tool,
     tool,
-    truncate_text,
 )
+from chatforge.agent.tools.results import truncate_text
 
 # ----------------------------------------------------------------------------- fixtures (module level,
 # because type hints must resolve)

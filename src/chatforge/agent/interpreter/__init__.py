@@ -9,45 +9,5 @@
 * `outputs`: `ExecutionResult` and its typed items, collected from iopub messages.
 * `config`: `InterpreterConfig`, the settings.
 
-Public names are re-exported here.
+The public names are re-exported once, by :mod:`chatforge.agent`.
 """
-
-from chatforge.agent.interpreter.code_interpreter import CodeInterpreter
-from chatforge.agent.interpreter.config import DEFAULT_ENV_PASSTHROUGH, InterpreterConfig
-from chatforge.agent.interpreter.landlock import LandlockReport
-from chatforge.agent.interpreter.outputs import (
-    ErrorOutput,
-    ExecutionResult,
-    FileInfo,
-    ImageOutput,
-    NoticeOutput,
-    Output,
-    StreamOutput,
-    TextOutput,
-    is_png,
-    strip_ansi,
-)
-from chatforge.agent.interpreter.sandbox import KernelLimits, SandboxReport
-from chatforge.agent.interpreter.session import InterpreterError, InterpreterSession, KernelStartError
-
-__all__ = [
-    "DEFAULT_ENV_PASSTHROUGH",
-    "CodeInterpreter",
-    "ErrorOutput",
-    "ExecutionResult",
-    "FileInfo",
-    "ImageOutput",
-    "InterpreterConfig",
-    "InterpreterError",
-    "InterpreterSession",
-    "KernelLimits",
-    "KernelStartError",
-    "LandlockReport",
-    "NoticeOutput",
-    "Output",
-    "SandboxReport",
-    "StreamOutput",
-    "TextOutput",
-    "is_png",
-    "strip_ansi",
-]

@@ -1,4 +1,5 @@
-"""Tools the model can call. Public names are re-exported here; each job lives in its own module:
+"""Tools the model can call; each job lives in its own module (the public names are
+re-exported once, by :mod:`chatforge.agent`):
 
 * `definition`: `tool` / `Tool`, a Python function becomes a tool whose JSON Schema
   (OpenAI function shape) is derived from its signature; `Tool.from_schema` declares a
@@ -15,27 +16,3 @@
   ``--tools MODULE:ATTR``.
 * `builtin`: the built-in tools (time, arithmetic, unit conversion).
 """
-
-from chatforge.agent.tools.builtin import builtin_tools
-from chatforge.agent.tools.definition import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TIMEOUT, Tool, tool
-from chatforge.agent.tools.errors import ToolArgumentError, ToolDefinitionError, ToolNotExecutableError
-from chatforge.agent.tools.registry import ToolRegistry, default_registry, load_tools, register_tool
-from chatforge.agent.tools.results import ToolResult, truncate_text, truncation_marker
-
-__all__ = [
-    "DEFAULT_MAX_RESULT_CHARS",
-    "DEFAULT_TIMEOUT",
-    "Tool",
-    "ToolArgumentError",
-    "ToolDefinitionError",
-    "ToolNotExecutableError",
-    "ToolRegistry",
-    "ToolResult",
-    "builtin_tools",
-    "default_registry",
-    "load_tools",
-    "register_tool",
-    "tool",
-    "truncate_text",
-    "truncation_marker",
-]
