@@ -55,8 +55,8 @@ def test_bench_measures_every_section_and_reports_the_goals(smollm_path, tmp_pat
 
 def test_a_turns_only_bench_keeps_the_conversation_cached_between_its_turns(smollm_path):
     """The recompute run between two turns takes a sequence of its own: with one sequence
-    (a bench without streams used to load one) it evicted the conversation, and every turn
-    recomputed the previous reply."""
+    (a bench without streams would otherwise load one) it would evict the conversation, and
+    every turn would recompute the previous reply."""
     need_llama_cpp()
     opts = BenchOptions(
         model=str(smollm_path),
