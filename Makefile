@@ -9,6 +9,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SERVE_ARGS ?=  # more `chatforge serve` options, e.g. SERVE_ARGS="--quantize iq4_nl"
 PYTEST_ARGS ?=
+# An index for torch alone, passed to pip as --index-url: on PyPI, Linux x86-64 torch is the
+# multi-GB CUDA build; `make run TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs
+# the CPU-only one. Empty (the default): torch comes from pip's configured sources.
+TORCH_INDEX ?=
 
 .PHONY: run test install model lint clean llama-cpp
 
@@ -51,7 +55,7 @@ LLAMA_CPP_BUILD = $(PY) -c '$(LLAMA_CPP_OK)' 2>/dev/null || $(LLAMA_CPP_INSTALL)
 
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml Makefile $(wildcard patches/*/*.patch) | $(PY)
-	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet "torch==2.13.0" $(if $(strip $(TORCH_INDEX)),--index-url "$(strip $(TORCH_INDEX))")
 	$(LLAMA_CPP_BUILD)
 	$(PIP) install --quiet -e ".[default-model,llama]"
 	touch $@
