@@ -54,7 +54,13 @@ def cpu_has_amx() -> bool:
 def system_info() -> bytes | None:
     """llama.cpp's build line (``AMX_INT8 = 1 | OPENMP = 1 | ...``), or None without it."""
     try:
-        info = import_llama_cpp().llama_print_system_info()
+        lib = import_llama_cpp()
+        # A build with run-time CPU selection (GGML_BACKEND_DL, as in the container image)
+        # loads its CPU backend on initialisation; before that its features are not listed.
+        init = getattr(lib, "llama_backend_init", None)
+        if init is not None:
+            init()
+        info = lib.llama_print_system_info()
     except Exception:  # noqa: BLE001 - no llama.cpp, or an old binding
         return None
     return info if isinstance(info, bytes) else str(info).encode()
@@ -90,13 +96,23 @@ def warn_if_openmp() -> None:
 
 
 def library_file() -> Path | None:
-    """The installed llama.cpp's CPU library (``libggml-cpu.so``, or ``libllama.so``)."""
+    """The installed llama.cpp's CPU library: the ``libggml-cpu*.so`` this process has
+    loaded (a build with run-time CPU selection has one per CPU kind and loads the one
+    that fits), else the one on disk, else ``libllama.so``."""
     try:
         import llama_cpp
     except ImportError:
         return None
+    system_info()  # a build with run-time CPU selection loads its CPU backend here
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = ""
+    loaded = sorted({line.split()[-1] for line in maps.splitlines() if "/libggml-cpu" in line})
+    if loaded:
+        return Path(loaded[0])
     lib = Path(llama_cpp.__file__).parent / "lib"
-    found = sorted(lib.glob("libggml-cpu.so*")) or sorted(lib.glob("libllama.so*"))
+    found = sorted(lib.glob("libggml-cpu*.so*")) or sorted(lib.glob("libllama.so*"))
     return found[0] if found else None
 
 
