@@ -18,29 +18,35 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+HOME = "CHATFORGE_HOME"
+API_KEY = "CHATFORGE_API_KEY"
+REMOTE_API_KEY = "CHATFORGE_REMOTE_API_KEY"
+LLAMA_AMX = "CHATFORGE_LLAMA_AMX"
+JEMALLOC = "CHATFORGE_JEMALLOC"
+
 _OFF = ("0", "false", "no", "off")
 
 
 def home() -> Path:
     """``$CHATFORGE_HOME``, or ``~/.cache/chatforge``."""
-    root = os.environ.get("CHATFORGE_HOME")
+    root = os.environ.get(HOME)
     return Path(root).expanduser() if root else Path.home() / ".cache" / "chatforge"
 
 
 def api_key() -> str | None:
-    return os.environ.get("CHATFORGE_API_KEY") or None
+    return os.environ.get(API_KEY) or None
 
 
 def remote_api_key() -> str | None:
-    return os.environ.get("CHATFORGE_REMOTE_API_KEY") or None
+    return os.environ.get(REMOTE_API_KEY) or None
 
 
 def llama_amx_off() -> bool:
-    return os.environ.get("CHATFORGE_LLAMA_AMX", "").strip().lower() in _OFF
+    return os.environ.get(LLAMA_AMX, "").strip().lower() in _OFF
 
 
 def jemalloc_off() -> bool:
-    return os.environ.get("CHATFORGE_JEMALLOC", "1") == "0"
+    return os.environ.get(JEMALLOC, "1") == "0"
 
 
 def ld_preload() -> str:

@@ -106,8 +106,8 @@ def test_chatforge_runs_hardened_as_the_images_user(compose):
 
 
 def test_chatforge_fetches_the_model_then_serves_with_the_key(compose):
-    from chatforge.cli import build_parser
-    from chatforge.serve.cli import API_KEY_ENV
+    from chatforge.cli.commands import build_parser
+    from chatforge.env import API_KEY as API_KEY_ENV
 
     service = compose["services"]["chatforge"]
     shell, flag, script, arg0 = service["entrypoint"]

@@ -129,7 +129,7 @@ def test_the_image_runs_as_a_numeric_non_root_user():
 
 
 def test_entrypoint_serves_the_default_model_on_the_exposed_port():
-    from chatforge.cli import build_parser
+    from chatforge.cli.commands import build_parser
 
     entry = exec_form(_one("ENTRYPOINT"))
     cmd = exec_form(_one("CMD"))
@@ -171,8 +171,9 @@ def test_health_is_public_and_the_api_needs_the_key(tiny_chat):
 
 
 def test_serve_reads_the_api_key_from_the_environment(monkeypatch):
-    from chatforge.cli import build_parser
-    from chatforge.serve.cli import API_KEY_ENV, settings_from_args
+    from chatforge.cli.commands import build_parser
+    from chatforge.cli.serve import settings_from_args
+    from chatforge.env import API_KEY as API_KEY_ENV
 
     assert API_KEY_ENV == "CHATFORGE_API_KEY"
     monkeypatch.setenv(API_KEY_ENV, "from-the-secret")

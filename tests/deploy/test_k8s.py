@@ -113,7 +113,7 @@ def test_the_init_container_fetches_the_embedded_model_into_the_pvc():
     assert env_map(init)["HF_HUB_OFFLINE"]["value"] == "1"
     assert env_map(main)["HF_HUB_OFFLINE"]["value"] == "1"
     # `chatforge model fetch` is a real command, and the model goes where CHATFORGE_HOME says
-    from chatforge.cli import build_parser
+    from chatforge.cli.commands import build_parser
 
     args = build_parser().parse_args(init["args"])
     assert args.handler.__name__ == "run_model_fetch"
@@ -127,7 +127,7 @@ def test_cache_dir_follows_chatforge_home(monkeypatch, tmp_path):
 
 
 def _serve_args() -> tuple[list[str], object]:
-    from chatforge.cli import build_parser
+    from chatforge.cli.commands import build_parser
 
     main = container("chatforge", "chatforge")
     # Kubernetes expands $(VAR) from the container's env; CPU_LIMIT comes from limits.cpu
@@ -167,7 +167,7 @@ def test_probes_hit_the_servers_public_health_route(probe):
 
 
 def test_the_api_key_comes_from_the_secret_into_the_variable_serve_reads():
-    from chatforge.serve.cli import API_KEY_ENV
+    from chatforge.env import API_KEY as API_KEY_ENV
 
     ref = env_map(container("chatforge", "chatforge"))[API_KEY_ENV]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "chatforge", "key": "api-key"}
