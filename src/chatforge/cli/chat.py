@@ -33,7 +33,7 @@ def add_chat_command(sub: Any) -> None:
     p.add_argument(
         "--workdir", default=None, help="code mode: where session files go (default ./chatforge-workspace)"
     )
-    p.set_defaults(handler=run_chat)
+    p.set_defaults(handler=run_chat, quiet_logs=True)
 
 
 def run_chat(args: argparse.Namespace) -> int:
