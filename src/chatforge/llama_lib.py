@@ -1,15 +1,25 @@
-"""The installed llama-cpp-python: importing it and reading how it was built.
+"""The installed llama-cpp-python: importing it, reading how it was built, and where
+llama.cpp's own log lines go.
 
 What this CPU and this build can do (AMX tiles, OpenMP threads, chatforge's patch) decides
 how engines load a GGUF and how ``models/gguf`` quantizes one, so it sits below both and
 imports nothing of chatforge.
+
+llama.cpp writes its log (model metadata, tensor loading, vocabulary warnings) through one
+callback for the process. :func:`import_llama_cpp` installs chatforge's, which writes to
+stderr what :func:`set_native_logs` allows (by default warnings and errors) and keeps the
+last error lines for the exception that reports the failure (:func:`take_native_errors`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+import sys
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +49,72 @@ def import_llama_cpp() -> Any:
         import llama_cpp
     except ImportError as err:
         raise LlamaCppMissingError(f"{INSTALL_HINT} ({err})") from None
+    _route_native_logs(llama_cpp)
     return llama_cpp
+
+
+# -- llama.cpp's own log ------------------------------------------------------------
+# ggml_log_level in the ggml.h that llama-cpp-python 0.3.x vendors. llama-cpp-python's
+# own callback (llama_cpp/_logger.py) still reads the older numbering, in which WARN was 2
+# and ERROR 3: it prints warnings as errors and drops errors as debug lines, so chatforge
+# installs its own.
+GGML_LOG_DEBUG, GGML_LOG_INFO, GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = 1, 2, 3, 4, 5
+
+#: What :func:`set_native_logs` accepts: every line, warnings and errors, or none.
+NATIVE_LOG_LEVELS = ("all", "warnings", "none")
+
+_native = {"level": "warnings", "last": GGML_LOG_INFO}
+_errors: deque[str] = deque(maxlen=16)
+_errors_lock = threading.Lock()
+_callback: Any = None  # the ctypes function llama.cpp calls; referenced here so it is never freed
+
+
+def set_native_logs(level: str) -> None:
+    """What llama.cpp may write to stderr from now on: ``all`` its lines, only ``warnings``
+    and errors (the default), or ``none``. Error lines are kept either way, for
+    :func:`take_native_errors`."""
+    if level not in NATIVE_LOG_LEVELS:
+        raise ValueError(f"native log level must be one of {', '.join(NATIVE_LOG_LEVELS)}, got {level!r}")
+    _native["level"] = level
+
+
+def native_logs() -> str:
+    return _native["level"]
+
+
+def take_native_errors() -> str:
+    """llama.cpp's error lines since the last call, joined into one line ('' if none)."""
+    with _errors_lock:
+        lines = [line.strip() for line in "".join(_errors).splitlines() if line.strip()]
+        _errors.clear()
+    return "; ".join(lines)
+
+
+def _on_native_log(level: int, text: bytes | None, user_data: Any) -> None:
+    # Called from llama.cpp's threads through ctypes: an exception here could only be
+    # printed as a stray traceback, so none may escape.
+    try:
+        if level == GGML_LOG_CONT:  # the rest of the previous line
+            level = _native["last"]
+        else:
+            _native["last"] = level
+        message = (text or b"").decode("utf-8", "replace")
+        if level == GGML_LOG_ERROR:
+            with _errors_lock:
+                _errors.append(message)
+        shown = _native["level"]
+        if shown == "all" or (shown == "warnings" and level in (GGML_LOG_WARN, GGML_LOG_ERROR)):
+            sys.stderr.write(message)
+            sys.stderr.flush()
+    except Exception:  # noqa: BLE001, S110 - see above
+        pass
+
+
+def _route_native_logs(llama_cpp: Any) -> None:
+    global _callback
+    if _callback is None:
+        _callback = llama_cpp.llama_log_callback(_on_native_log)
+        llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
 
 
 @functools.cache
@@ -100,8 +175,8 @@ def library_file() -> Path | None:
     loaded (a build with run-time CPU selection has one per CPU kind and loads the one
     that fits), else the one on disk, else ``libllama.so``."""
     try:
-        import llama_cpp
-    except ImportError:
+        llama_cpp = import_llama_cpp()
+    except LlamaCppMissingError:
         return None
     system_info()  # a build with run-time CPU selection loads its CPU backend here
     try:

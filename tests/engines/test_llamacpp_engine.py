@@ -382,3 +382,33 @@ def test_the_load_log_says_whether_the_amx_path_is_on_and_why_not(monkeypatch):
     assert amx.extra_buffers_note(True, asked=False) == ", AMX path on (with chatforge's small-batch kernels)"
     monkeypatch.setattr(llama_lib, "cpu_has_amx", lambda: False)
     assert amx.extra_buffers_note(True, asked=False) == ""  # repacked weights, nothing to say
+
+
+def test_a_failed_load_says_why_in_one_error_and_prints_nothing(
+    smollm_path, smollm_tokenizer, tmp_path, monkeypatch, capfd
+):
+    """With llama.cpp's log hidden (``chatforge chat``), its own reason for a failed load is
+    the error's, on one line; a file that is no GGUF at all is said so before llama.cpp reads it."""
+    need_llama_cpp()
+    from chatforge import llama_lib
+    from chatforge.engines.base import EngineError
+    from chatforge.engines.llamacpp import LlamaCppEngine
+
+    monkeypatch.setenv("CHATFORGE_LLAMA_AMX", "0")  # no AMX probe of the broken file
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(smollm_path.read_bytes()[:100_000])
+    other = tmp_path / "other.gguf"
+    other.write_text("not a model")
+    shown = llama_lib.native_logs()
+    llama_lib.set_native_logs("none")
+    try:
+        with pytest.raises(
+            EngineError, match=r"could not load .*broken\.gguf .*: .*failed to load model"
+        ) as err:
+            LlamaCppEngine(broken, smollm_tokenizer, n_threads=1, n_parallel=1, context_length=128)
+        with pytest.raises(EngineError, match="is not a GGUF model file"):
+            LlamaCppEngine(other, smollm_tokenizer, n_threads=1)
+    finally:
+        llama_lib.set_native_logs(shown)
+    assert "\n" not in str(err.value)
+    assert capfd.readouterr().err == ""

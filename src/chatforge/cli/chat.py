@@ -1,4 +1,8 @@
-"""``chatforge chat``: talk to a model in the terminal; ``--mode tools|code`` runs the agent loop."""
+"""``chatforge chat``: talk to a model in the terminal; ``--mode tools|code`` runs the agent loop.
+
+What the screen shows is :mod:`chatforge.cli.transcript`'s; library logs stay off it unless
+``-v`` is given (``quiet_logs``, :mod:`chatforge.cli.logs`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ from typing import Any
 
 from chatforge.agent.interpreter.code_interpreter import CodeInterpreter
 from chatforge.agent.interpreter.config import InterpreterConfig
-from chatforge.agent.loop import Agent, AgentEvent, EventKind
+from chatforge.agent.loop import Agent
 from chatforge.agent.tools.builtin import builtin_tools
 from chatforge.agent.tools.definition import Tool
 from chatforge.agent.tools.registry import load_tools
 from chatforge.chat import ChatModel
 from chatforge.cli.args import add_model_arguments, add_sampling_arguments, load_from_args, sampling_kwargs
+from chatforge.cli.transcript import AgentPrinter, call_line, read_user_line
 from chatforge.messages import Role
 
 CHAT_HELP = (
@@ -33,7 +38,7 @@ def add_chat_command(sub: Any) -> None:
     p.add_argument(
         "--workdir", default=None, help="code mode: where session files go (default ./chatforge-workspace)"
     )
-    p.set_defaults(handler=run_chat)
+    p.set_defaults(handler=run_chat, quiet_logs=True)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -45,7 +50,7 @@ def run_chat(args: argparse.Namespace) -> int:
     print(f"chatforge · {model.name} · {CHAT_HELP}", flush=True)
     while True:
         try:
-            line = input("\nUser: ")
+            line = read_user_line()
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
@@ -69,8 +74,9 @@ def run_chat(args: argparse.Namespace) -> int:
                 if event.delta:
                     print(event.delta, end="", flush=True)
                 if event.message is not None and event.message.tool_calls:
+                    # No tools run in plain chat: the call is shown as the model's reply.
                     for call in event.message.tool_calls:
-                        print(f"[tool call] {call.name}({call.arguments_json()})", end="", flush=True)
+                        print(f"\n  → {call_line(call)}", end="", flush=True)
         except KeyboardInterrupt:
             print("\n(interrupted)")
         print(flush=True)
@@ -90,10 +96,11 @@ def run_agent_chat(model: ChatModel, args: argparse.Namespace, params: dict[str,
         f"chatforge · {model.name} · mode {mode}{where}" + (f" · tools: {names}" if names else ""), flush=True
     )
     print("Commands: 'clear' starts over, 'stop' or Ctrl-D exits.", flush=True)
+    printer = AgentPrinter(image_dir=agent.code_session.workdir if interpreter else None)
     try:
         while True:
             try:
-                text = input("\nUser: ").strip()
+                text = read_user_line().strip()
             except (EOFError, KeyboardInterrupt):
                 print()
                 return 0
@@ -106,26 +113,16 @@ def run_agent_chat(model: ChatModel, args: argparse.Namespace, params: dict[str,
                 agent.state.reset()
                 print("(history cleared)")
                 continue
-            print("\nAssistant: ", end="", flush=True)
-            for event in agent.stream(text):
-                show(event)
-            print(flush=True)
+            printer.start(mode)
+            try:
+                for event in agent.stream(text):
+                    printer.show(event)
+            except KeyboardInterrupt:
+                # A step may be half done (a tool running, a reply not yet in the history):
+                # the conversation ends here rather than go on from there.
+                print("\n(interrupted)", flush=True)
+                return 0
     finally:
         agent.close()
         if interpreter is not None:
             interpreter.close()
-
-
-def show(event: AgentEvent) -> None:
-    if event.kind is EventKind.TEXT:
-        print(event.text, end="", flush=True)
-    elif event.kind is EventKind.TOOL_CALL:
-        print(f"\n[tool call] {event.call.name}({event.call.arguments_json()})", flush=True)
-    elif event.kind is EventKind.TOOL_RESULT:
-        print(f"[tool result] {event.text[:500]}", flush=True)
-    elif event.kind is EventKind.CODE:
-        print("\n[running code]", flush=True)
-    elif event.kind is EventKind.OUTPUT:
-        print(f"[output]\n{event.text[:2000]}", flush=True)
-    elif event.kind is EventKind.IMAGE:
-        print(f"[image: {len(event.image or b'')} bytes of PNG]", flush=True)

@@ -1,6 +1,7 @@
 """The ``chatforge`` command: one table of commands, each a module of ``chatforge.cli`` with
 an ``add_*_command(subparsers)`` that declares its options and a plain ``run_*`` function
-over the parsed arguments.
+over the parsed arguments. A command that sets ``quiet_logs`` keeps library logs off the
+terminal unless ``-v`` is given (:mod:`chatforge.cli.logs`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from chatforge.cli import bench, chat, convert, model, serve, train
+from chatforge.cli import bench, chat, convert, logs, model, serve, train
 from chatforge.train.allocator import jemalloc_loaded, reexec_with_jemalloc
 
 log = logging.getLogger("chatforge")
+
+VERBOSE_HELP = "debug logging, and every library's log lines (llama.cpp's included)"
 
 #: name -> the function that adds the command to the parser, in ``--help`` order.
 COMMANDS: dict[str, Callable[[Any], Any]] = {
@@ -34,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatforge", description="Run, extend and fine-tune a local chat LLM."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS.values():
         add(sub)
+    for command in sub.choices.values():
+        # `chatforge chat -v` as well as `chatforge -v chat`; SUPPRESS keeps a -v given
+        # before the command from being reset by the command's own default.
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 
@@ -47,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and getattr(args, "command", None) == "train":
         # A real command line (not a caller's argv): worth restarting under jemalloc.
         reexec_with_jemalloc(["-m", "chatforge.cli", *sys.argv[1:]])
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.verbose, quiet=getattr(args, "quiet_logs", False))
     if getattr(args, "command", None) == "train" and jemalloc_loaded():
         log.info("memory allocator: jemalloc (CHATFORGE_JEMALLOC=0 keeps glibc's)")
     try:

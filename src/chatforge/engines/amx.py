@@ -188,7 +188,7 @@ def path_works(gguf: Path) -> bool:
             timeout=PROBE_TIMEOUT,
         )
         works = done.returncode == 0 and "AMX OK" in done.stdout
-        detail = f"exit status {done.returncode}: {done.stderr.strip()[-300:]}"
+        detail = f"exit status {done.returncode}: {' '.join(done.stderr.split())[-300:]}"  # one line
     except subprocess.TimeoutExpired:
         works, detail = False, f"no answer in {PROBE_TIMEOUT} s"
     if not works:

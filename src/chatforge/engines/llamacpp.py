@@ -35,7 +35,13 @@ from chatforge.engines.amx import extra_buffers_default, extra_buffers_note
 from chatforge.engines.base import EngineError, KVState, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
 from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
-from chatforge.llama_lib import default_threads, import_llama_cpp, warn_if_openmp
+from chatforge.llama_lib import (
+    default_threads,
+    import_llama_cpp,
+    set_native_logs,
+    take_native_errors,
+    warn_if_openmp,
+)
 from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -74,13 +80,16 @@ class LlamaCppEngine(BatchingEngine):
         verbose: bool = False,
     ) -> None:
         llama_cpp = import_llama_cpp()
-        from llama_cpp import _logger
-
-        _logger.set_verbose(verbose)
+        if verbose:
+            set_native_logs("all")
+        take_native_errors()  # older errors are not this load's
         self._lib = llama_cpp
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":  # said before the AMX check below tries to decode it
+                raise EngineError(f"{path} is not a GGUF model file")
         started = time.perf_counter()
         llama_cpp.llama_backend_init()
         warn_if_openmp()
@@ -89,7 +98,7 @@ class LlamaCppEngine(BatchingEngine):
         mparams.use_extra_bufts = extra_buffers_default(path) if extra_buffers is None else extra_buffers
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
-            raise EngineError(f"llama.cpp could not load {path} (is it a GGUF model file?)")
+            raise EngineError(f"llama.cpp could not load {path} (is it a GGUF model file?){_why()}")
         trained = int(llama_cpp.llama_model_n_ctx_train(self._model))
         per_sequence = min(context_length or min(trained, 8192), trained)
         threads = n_threads or default_threads()
@@ -110,7 +119,9 @@ class LlamaCppEngine(BatchingEngine):
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
-            raise EngineError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {path}")
+            raise EngineError(
+                f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {path}{_why()}"
+            )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
@@ -384,6 +395,7 @@ class LlamaCppEngine(BatchingEngine):
             raise EngineError(
                 f"llama.cpp decode failed with status {status}"
                 + (" (no room left in the KV cache)" if status == 1 else "")
+                + _why()
             )
         for item in work:
             item.request.slot.ids.extend(item.ids)
@@ -453,3 +465,10 @@ class LlamaCppEngine(BatchingEngine):
         buf = ctypes.create_string_buffer(256)
         n = lib.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
         return buf.raw[: max(n, 0)]
+
+
+def _why() -> str:
+    """llama.cpp's own error lines, for an exception's text: with its log hidden (``chatforge
+    chat``) they are the only place the reason shows."""
+    errors = take_native_errors()
+    return f": {errors}" if errors else ""

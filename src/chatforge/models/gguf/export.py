@@ -204,10 +204,7 @@ def quantize(
 ) -> Path:
     """llama.cpp's quantizer: ``source`` (F16 GGUF, or any GGUF with ``requantize``) →
     ``output`` in ``gguf_type``."""
-    lib = import_llama_cpp()
-    from llama_cpp import _logger
-
-    _logger.set_verbose(False)  # llama.cpp would print a line per tensor
+    lib = import_llama_cpp()  # llama.cpp's line per tensor is an info line: shown with -v only
     ftypes = {
         "bf16": lib.LLAMA_FTYPE_MOSTLY_BF16,
         "q8_0": lib.LLAMA_FTYPE_MOSTLY_Q8_0,
