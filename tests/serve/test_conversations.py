@@ -5,21 +5,34 @@ damaged file answered with 503 while chat keeps working)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
+import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
+from chatforge.cli.commands import build_parser
+from chatforge.cli.serve import settings_from_args
+from chatforge.serve.app import create_app
 from chatforge.serve.conversations import (
     MIGRATIONS,
+    Conversation,
     ConversationStore,
     ConversationsUnavailable,
     ConversationTooLarge,
     owner_of,
 )
+from chatforge.serve.in_process import serve_in_thread
+from chatforge.serve.routes.conversations import to_markdown
+from chatforge.serve.settings import ServeSettings
 
 
 def user_version(path: Path) -> int:
@@ -210,3 +223,222 @@ def test_threads_share_one_store(tmp_path):
     assert errors == [] and len(store.summaries("o")) == 90
     store.close()
     assert os.path.exists(tmp_path / "c.sqlite3")
+
+
+# -- the routes, through a real server -----------------------------------------------------
+
+IMAGE = base64.b64encode(b"\x89PNG not really" * 50).decode()
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in 北京?"},
+    {
+        "role": "assistant",
+        "content": "Sunny, 25 °C.",
+        "steps": [
+            {"type": "tool_call", "id": "c1", "name": "get_weather", "arguments": {"city_name": "北京"}},
+            {
+                "type": "tool_result",
+                "id": "c1",
+                "name": "get_weather",
+                "content": "sunny 25",
+                "is_error": False,
+            },
+            {"type": "code", "code": "print('```')"},
+            {"type": "output", "text": "```\n", "error": False},
+            {"type": "image", "png": IMAGE},
+        ],
+        "meta": {"tokens_per_second": 12.5, "mode": "tools"},
+    },
+]
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@contextlib.contextmanager
+def served(model, **settings) -> Iterator[tuple[str, FastAPI]]:
+    app = create_app(model, ServeSettings(**settings))
+    with serve_in_thread(app) as url:
+        yield url, app
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def error_of(response: httpx.Response) -> dict:
+    return response.json()["error"]
+
+
+def test_create_list_get_rename_save_export_delete(tiny_chat, home):
+    with served(tiny_chat) as (url, app), httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/ui/config").json()["conversations"] is True
+        assert http.get("/ui/conversations").json() == {"conversations": []}
+        first = http.post("/ui/conversations").json()
+        assert re.fullmatch(r"[0-9a-f]{32}", first["id"])
+        assert first | {"created": 0, "updated": 0} == {
+            "id": first["id"], "title": "New conversation", "mode": "chat", "created": 0, "updated": 0,
+            "messages": [],
+        }  # fmt: skip
+        second = http.post("/ui/conversations", json={"title": "Weather", "mode": "tools"}).json()
+        assert (second["title"], second["mode"]) == ("Weather", "tools")
+        assert [c["id"] for c in http.get("/ui/conversations").json()["conversations"]] == [
+            second["id"],
+            first["id"],
+        ]
+
+        renamed = http.put(
+            f"/ui/conversations/{first['id']}", json={"title": "Weather in 北京", "mode": "tools"}
+        )
+        assert renamed.status_code == 200 and renamed.json()["title"] == "Weather in 北京"
+        saved = http.put(f"/ui/conversations/{first['id']}", json={"messages": MESSAGES}).json()
+        assert saved["messages"] == MESSAGES and saved["updated"] >= saved["created"]
+        got = http.get(f"/ui/conversations/{first['id']}").json()
+        assert got == saved and got["mode"] == "tools"
+        listed = http.get("/ui/conversations").json()["conversations"]
+        assert listed[0] == {k: v for k, v in got.items() if k != "messages"}
+
+        exported = http.get(f"/ui/conversations/{first['id']}/export", params={"format": "json"})
+        assert exported.headers["content-type"].startswith("application/json")
+        disposition = exported.headers["content-disposition"]
+        assert disposition.startswith(f'attachment; filename="Weather-in-{first["id"][:8]}.json"')
+        assert "filename*=UTF-8''Weather%20in%20%E5%8C%97%E4%BA%AC-" in disposition
+        assert exported.json() == got
+
+        markdown = http.get(f"/ui/conversations/{first['id']}/export?format=markdown")
+        assert markdown.headers["content-type"].startswith("text/markdown")
+        assert markdown.headers["content-disposition"].startswith("attachment; filename=")
+        text = markdown.text
+        assert text.startswith("# Weather in 北京\n")
+        assert "**System:**\n\nBe brief." in text and "**User:**\n\nWeather in 北京?" in text
+        assert "**Assistant:**" in text and text.rstrip().endswith("Sunny, 25 °C.")
+        assert 'Tool call `get_weather`:\n\n```json\n{\n  "city_name": "北京"\n}\n```' in text
+        assert "Tool result `get_weather`:\n\n```\nsunny 25\n```" in text
+        assert "````python\nprint('```')\n````" in text  # a fence the code cannot close
+        assert "*[image: image-1.png]*" in text and IMAGE[:40] not in text
+
+        assert http.delete(f"/ui/conversations/{second['id']}").json() == {"deleted": True}
+        for method in ("GET", "PUT", "DELETE"):
+            gone = http.request(method, f"/ui/conversations/{second['id']}", json={"title": "x"})
+            assert gone.status_code == 404 and error_of(gone)["code"] == "conversation_not_found"
+        assert [c["id"] for c in http.get("/ui/conversations").json()["conversations"]] == [first["id"]]
+    assert (home / "ui" / "conversations.sqlite3").is_file()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]},
+            "messages[1].role",
+        ),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "a", "steps": "no"}]}, "messages[0].steps"),
+        ({"messages": [{"role": "user", "content": "a", "extra": 1}]}, "messages[0].extra"),
+        ({"title": "x" * 201}, "title"),
+        ({"mode": "agent"}, "mode"),
+        ({"messages": {}}, "messages"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(tiny_chat, home, body, param):
+    with served(tiny_chat) as (url, _), httpx.Client(base_url=url, timeout=30) as http:
+        conversation = http.post("/ui/conversations").json()
+        response = http.put(f"/ui/conversations/{conversation['id']}", json=body)
+        assert response.status_code == 400, response.text
+        assert error_of(response)["param"] == param and error_of(response)["message"].startswith(param)
+        assert http.get(f"/ui/conversations/{conversation['id']}").json() == conversation
+
+
+def test_sizes_and_formats_have_limits(tiny_chat, home):
+    with served(tiny_chat) as (url, app), httpx.Client(base_url=url, timeout=30) as http:
+        app.state.server.ui.conversations.max_bytes = 4096
+        conversation = http.post("/ui/conversations").json()
+        big = {"messages": [{"role": "user", "content": "x" * 5000}]}
+        response = http.put(f"/ui/conversations/{conversation['id']}", json=big)
+        assert response.status_code == 413 and error_of(response)["code"] == "conversation_too_large"
+        response = http.post("/ui/conversations", json={"title": "t" * 201})
+        assert response.status_code == 400 and error_of(response)["param"] == "title"
+        response = http.get(f"/ui/conversations/{conversation['id']}/export?format=pdf")
+        assert response.status_code == 400 and error_of(response)["param"] == "format"
+
+
+def test_each_key_sees_its_own_conversations_and_they_outlive_the_server(tiny_chat, home):
+    with served(tiny_chat, api_key="key-a") as (url, _):
+        assert httpx.get(f"{url}/ui/conversations").status_code == 401
+        kept = httpx.post(f"{url}/ui/conversations", json={"title": "kept"}, headers=bearer("key-a")).json()
+    # A new server on the same CHATFORGE_HOME: the conversation is still there for its key only.
+    with served(tiny_chat, api_key="key-a") as (url, _):
+        listed = httpx.get(f"{url}/ui/conversations", headers=bearer("key-a")).json()["conversations"]
+        assert [c["title"] for c in listed] == ["kept"]
+    for key in ("key-b", None):
+        with served(tiny_chat, api_key=key) as (url, _):
+            assert httpx.get(f"{url}/ui/conversations", headers=bearer(key)).json() == {"conversations": []}
+            response = httpx.get(f"{url}/ui/conversations/{kept['id']}", headers=bearer(key))
+            assert response.status_code == 404 and error_of(response)["code"] == "conversation_not_found"
+            assert (
+                httpx.delete(f"{url}/ui/conversations/{kept['id']}", headers=bearer(key)).status_code == 404
+            )
+
+
+def test_the_file_is_made_on_first_use_only_and_never_without_the_ui(tiny_chat, home, tmp_path):
+    path = home / "ui" / "conversations.sqlite3"
+    with served(tiny_chat, ui=False) as (url, _):
+        assert httpx.get(f"{url}/ui/conversations").status_code == 404
+        assert httpx.get(f"{url}/health").status_code == 200
+    with served(tiny_chat) as (url, _):
+        assert httpx.get(f"{url}/ui/config").status_code == 200
+    assert not path.exists()
+    elsewhere = tmp_path / "elsewhere" / "mine.sqlite3"
+    with served(tiny_chat, conversations_db=elsewhere) as (url, _):
+        assert httpx.post(f"{url}/ui/conversations").status_code == 200
+    assert elsewhere.is_file() and not path.exists()
+
+
+def test_the_flag_names_the_file():
+    args = build_parser().parse_args(["serve", "--model", "m", "--conversations-db", "~/c.sqlite3"])
+    assert settings_from_args(args).conversations_db == Path("~/c.sqlite3").expanduser()
+    assert settings_from_args(build_parser().parse_args(["serve", "--model", "m"])).conversations_db is None
+
+
+def test_a_damaged_database_answers_503_while_chat_goes_on(tiny_chat, home):
+    path = home / "ui" / "conversations.sqlite3"
+    path.parent.mkdir(parents=True)
+    before = b"SQLite format 2\x00 but not really\n" * 200
+    path.write_bytes(before)
+    with served(tiny_chat) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
+        for method, route in (
+            ("GET", "/ui/conversations"),
+            ("POST", "/ui/conversations"),
+            ("GET", "/ui/conversations/x"),
+        ):
+            response = http.request(method, route)
+            assert response.status_code == 503, response.text
+            assert error_of(response)["code"] == "conversations_unavailable"
+            assert (
+                str(path) in error_of(response)["message"]
+                and "move it aside" in error_of(response)["message"]
+            )
+        chat = http.post(
+            "/v1/chat/completions",
+            json={"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        )
+        assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
+        assert http.get("/ui/config").status_code == 200 and http.get("/").status_code == 200
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_markdown_fences_outgrow_the_backticks_inside():
+    conversation = Conversation("a" * 32, "t", "code", 0, 0, [
+        {"role": "assistant", "content": "done", "steps": [
+            {"type": "output", "text": "`````"},
+            {"type": "something_new", "png": IMAGE, "note": "kept"},
+            {"type": "error", "message": "the\nkernel died"},
+        ]},
+    ])  # fmt: skip
+    text = to_markdown(conversation)
+    assert "``````\n`````\n``````" in text
+    assert '"note": "kept"' in text and f'"png": "<{len(IMAGE)} characters of base64 left out>"' in text
+    assert "> Error: the kernel died" in text

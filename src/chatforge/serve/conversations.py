@@ -38,7 +38,6 @@ T = TypeVar("T")
 #: Largest JSON a conversation's messages may take (title and timestamps aside).
 MAX_CONVERSATION_BYTES = 8 * 1024 * 1024
 DEFAULT_TITLE = "New conversation"
-MODES = ("chat", "tools", "code")
 
 
 def default_path() -> Path:
@@ -185,6 +184,8 @@ class ConversationStore:
                     f"the conversation's messages take {size} bytes, over the limit of {self.max_bytes}"
                 )
             changes["messages"] = text
+        if not changes:
+            return self.get(owner, id)
 
         def write(db: sqlite3.Connection) -> bool:
             with _transaction(db):
