@@ -171,6 +171,18 @@ def test_a_locked_file_is_reported_within_the_busy_timeout(tmp_path):
     holder.close()
 
 
+def test_a_conversation_whose_messages_are_not_json_is_reported_alone(tmp_path):
+    store = ConversationStore(tmp_path / "c.sqlite3")
+    bad, good = store.create("o", "bad"), store.create("o", "good")
+    with sqlite3.connect(tmp_path / "c.sqlite3") as db:
+        db.execute("UPDATE conversations SET messages = '[{' WHERE id = ?", (bad.id,))
+    db.close()
+    with pytest.raises(ConversationsUnavailable, match=f"conversation {bad.id} .* not JSON"):
+        store.get("o", bad.id)
+    assert store.get("o", good.id).messages == [] and len(store.summaries("o")) == 2
+    store.close()
+
+
 def test_owners_see_only_their_own_conversations(tmp_path):
     store = ConversationStore(tmp_path / "c.sqlite3")
     alice, bob = owner_of("key-a"), owner_of("key-b")

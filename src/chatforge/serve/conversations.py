@@ -159,7 +159,16 @@ class ConversationStore:
                 (owner, id),
             ).fetchone()
         )
-        return None if row is None else Conversation(*row[:5], json.loads(row[5]))
+        if row is None:
+            return None
+        try:
+            messages = json.loads(row[5])
+        except json.JSONDecodeError as err:  # only something other than this store writes that
+            raise ConversationsUnavailable(
+                f"conversation {id} in the conversations database {self.path} holds messages that "
+                f"are not JSON ({err}); the others can still be opened"
+            ) from err
+        return Conversation(*row[:5], messages)
 
     def update(
         self,
