@@ -11,6 +11,7 @@ so a test or a launcher may set one at any time).
 ``CHATFORGE_JEMALLOC``         ``0`` keeps glibc's allocator for ``chatforge train``
 ``LD_PRELOAD``                 read to tell whether jemalloc is loaded
 ``WORLD_SIZE``                 processes of a distributed training launch (torchrun, accelerate)
+``NO_COLOR``                   set: ``chatforge chat`` prints no colour (no-color.org)
 =============================  =======================================================
 """
 
@@ -56,3 +57,7 @@ def ld_preload() -> str:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))

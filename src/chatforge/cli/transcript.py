@@ -16,12 +16,12 @@ text, the step lines dimmed on a terminal unless ``NO_COLOR`` is set.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from chatforge import env
 from chatforge.agent.loop import AgentEvent, EventKind
 from chatforge.messages import ToolCall
 
@@ -100,7 +100,7 @@ def save_image(png: bytes, folder: Path) -> Path | None:
 
 def use_color(stream: TextIO) -> bool:
     """Colour only on a terminal, and not where ``NO_COLOR`` asks for none (no-color.org)."""
-    return _isatty(stream) and not os.environ.get("NO_COLOR")
+    return _isatty(stream) and not env.no_color()
 
 
 def _isatty(stream: Any) -> bool:
