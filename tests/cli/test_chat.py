@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from cli_process import chatforge
 from scripted import scripted_model
 from smollm import need_llama_cpp
 from tiny import make_model
@@ -42,16 +43,6 @@ def tiny_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
-
-
-def chatforge(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatforge.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def on_terminal(*args: str, typed: str, stderr_path) -> tuple[int, str, str]:

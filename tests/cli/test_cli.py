@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_process import chatforge
 
 
 @pytest.fixture(scope="module")
@@ -12,16 +13,6 @@ def tiny_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
     tiny_model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
-
-
-def chatforge(*args, stdin=""):
-    return subprocess.run(
-        [sys.executable, "-m", "chatforge.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_chat_streams_and_understands_its_commands(tiny_dir):
