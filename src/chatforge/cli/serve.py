@@ -64,6 +64,12 @@ def add_serve_command(sub: Any) -> None:
         "one batch (default: 5; 0: start each at once)",
     )
     g.add_argument("--no-ui", action="store_true", help="do not serve the web UI at /")
+    g.add_argument(
+        "--conversations-db",
+        default=None,
+        metavar="FILE",
+        help="the web UI's saved conversations (default: $CHATFORGE_HOME/ui/conversations.sqlite3)",
+    )
     a = p.add_argument_group("web UI agent (Tool and Code Interpreter modes)")
     a.add_argument(
         "--tools",
@@ -99,6 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         default_max_tokens=args.max_tokens,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         ui=not args.no_ui,
+        conversations_db=Path(args.conversations_db).expanduser() if args.conversations_db else None,
         batch_wait_ms=args.batch_wait_ms,
     )
 

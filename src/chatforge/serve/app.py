@@ -16,9 +16,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from chatforge.chat import ChatModel
 from chatforge.serve.agent_sessions import AgentOptions, AgentSessions
 from chatforge.serve.auth import APIKeyMiddleware
+from chatforge.serve.conversations import ConversationStore, default_path
 from chatforge.serve.errors import BodyLimitMiddleware, install_error_handlers
 from chatforge.serve.metrics import Metrics, MetricsMiddleware
-from chatforge.serve.routes import chat, completions, embeddings, health, models, ui
+from chatforge.serve.routes import chat, completions, conversations, embeddings, health, models, ui
 from chatforge.serve.runner import Runner
 from chatforge.serve.settings import ServeSettings
 from chatforge.serve.state import ServerState, UIState
@@ -40,6 +41,7 @@ def create_app(
             options,
             AgentSessions(model, options),
             GenerationWorker(max_queue=options.max_sessions, threads=options.agent_workers),
+            ConversationStore(settings.conversations_db or default_path()),  # opened on first use
         )
 
     @asynccontextmanager
@@ -57,6 +59,7 @@ def create_app(
     if settings.ui:
         app.mount("/ui/static", ui.static_files, name="ui-static")
         app.include_router(ui.router)
+        app.include_router(conversations.router)
 
     # Outermost first: metrics see every response, auth runs before any body is read,
     # then the body limit.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -27,6 +28,9 @@ class ServeSettings:
     """Request bodies larger than this get 413 (None: no limit)."""
     ui: bool = True
     """Serve the web UI at ``/``."""
+    conversations_db: Path | None = None
+    """The SQLite file of the web UI's saved conversations (None:
+    ``$CHATFORGE_HOME/ui/conversations.sqlite3``); made on first use, never with ``ui=False``."""
     batch_wait_ms: float | None = None
     """Milliseconds a batching engine, idle, waits for requests sent together before it
     starts them (None: the engine's default, 5; 0: start each at once)."""

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from chatforge.chat import ChatModel
 from chatforge.serve.agent_sessions import AgentOptions, AgentSessions
+from chatforge.serve.conversations import ConversationStore
 from chatforge.serve.embeddings import Embedder
 from chatforge.serve.errors import APIError
 from chatforge.serve.metrics import Metrics
@@ -22,16 +23,18 @@ from chatforge.serve.worker import GenerationWorker
 
 @dataclass
 class UIState:
-    """The web UI's Tool and Code Interpreter modes: their options, the agents of the
-    browser conversations, and the worker pool their turns run on."""
+    """The web UI's Tool and Code Interpreter modes (their options, the agents of the
+    browser conversations, the worker pool their turns run on) and its saved conversations."""
 
     options: AgentOptions
     sessions: AgentSessions
     turns: GenerationWorker
+    conversations: ConversationStore
 
     def close(self) -> None:
         self.turns.close()
         self.sessions.close()  # the agents and their code kernels
+        self.conversations.close()
 
 
 @dataclass

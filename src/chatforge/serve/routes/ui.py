@@ -64,6 +64,7 @@ async def config(state: Server) -> dict[str, Any]:
         "model": state.model_id,
         "auth": bool(state.settings.api_key),
         "modes": ["chat", *AGENT_MODES],
+        "conversations": True,  # saved on the server: /ui/conversations
         "max_rounds": options.max_rounds,
         "max_upload_bytes": options.max_upload_bytes,
     }
