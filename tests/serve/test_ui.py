@@ -131,6 +131,8 @@ def test_agent_route_streams_tool_steps(tool_server):
     assert result["id"] == call["id"] and not result["is_error"]
     assert result["content"] == "Sunny, 21 degrees celsius in Beijing"
     assert final["stopped_by_limit"] and final["rounds"] == 1
+    timing = final["timing"]  # the turn's generations: the page shows their speed
+    assert timing["completion_tokens"] > 0 and timing["seconds"] > 0 and timing["tokens_per_second"] > 0
     # The key is required, like everywhere else, and bodies are checked.
     body = {"mode": "tools", "conversation": "x", "query": "hi"}
     assert httpx.post(tool_server.url + "/ui/agent", json=body).status_code == 401

@@ -62,7 +62,8 @@ def start(model_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, st
     # So that ``--tools serve_models:get_weather`` imports this directory's serve_models.py (and tiny.py).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(HERE.parent), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "chatforge.cli", "serve", "--model", str(model_dir), "--port", str(port),
-           "--device", "cpu", "--dtype", "float32", *extra]
+           "--device", "cpu", "--dtype", "float32",
+           "--conversations-db", str(log.with_suffix(".sqlite3")), *extra]  # not the user's
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     return proc, f"http://127.0.0.1:{port}"
 

@@ -106,11 +106,10 @@
     } else if (m.role === "assistant") {
       const div = bubble("assistant");
       const body = div.querySelector(".body");
-      if (m.steps && m.steps.length) {
-        const steps = new CF.Steps(body, m.steps.map((p) => Object.assign({}, p)));
-        steps.collapse();
-        steps.flush();
-      } else CF.renderInto(body, m.content || "");
+      const parts = m.steps && m.steps.length ? m.steps : [{ kind: "text", text: m.content || "" }];
+      const steps = new CF.Steps(body, parts.map((p) => Object.assign({}, p)));
+      steps.collapse();
+      steps.flush();
       showMeta(div, m.meta);
       div.dataset.done = "true";
     }
@@ -249,7 +248,7 @@
         const t = ev.timing || {};
         turn.reply.meta = {
           rounds: ev.rounds,
-          seconds: t.seconds || (performance.now() - started) / 1000,
+          seconds: (performance.now() - started) / 1000,  // the whole turn, tools and code included
           completion_tokens: t.completion_tokens,
           tokens_per_second: t.tokens_per_second,
         };
@@ -290,9 +289,9 @@
       } catch (err) {
         if (err.name === "AbortError") {
           if (turn.note) turn.steps.remove(turn.note);
-          keep = turn.steps.parts.some((p) => p.kind !== "note" || p.text);
+          keep = turn.steps.parts.some((p) => p.kind !== "note" && (p.kind !== "text" || p.text));
           reply.meta = Object.assign(reply.meta || {}, { stopped: true });
-          turn.steps.add({ kind: "note", text: "stopped" });
+          if (!keep) turn.steps.add({ kind: "note", text: "stopped" });
         } else {
           div.className = "msg error";
           div.querySelector(".role").textContent = "Error";
@@ -303,7 +302,7 @@
         turn.steps.collapse();
         if (keep) {
           if (!reply.content) reply.content = turn.steps.parts.filter((p) => p.kind === "text").map((p) => p.text).join("\n");
-          const steps = CF.plainSteps(turn.steps.parts.filter((p) => p.kind !== "note" || p.text !== "stopped"));
+          const steps = CF.plainSteps(turn.steps.parts.filter((p) => p.kind !== "note"));
           if (mode !== "chat" || steps.some((p) => p.kind !== "text")) reply.steps = steps;
           reply.meta = Object.assign({ mode, model: state.model }, reply.meta || {});
           state.messages.push(reply);
@@ -482,7 +481,7 @@
         actionButton("✎", "Rename", () => rename(li, c)),
         actionButton("{ }", "Export as JSON", () => exportConv(c, "json")),
         actionButton("MD", "Export as Markdown", () => exportConv(c, "markdown")),
-        actionButton("🗑", "Delete", (b) => removeConv(c, b)),
+        actionButton("✕", "Delete", (b) => removeConv(c, b)),
       );
       li.append(open, acts);
       ul.appendChild(li);
@@ -528,7 +527,7 @@
     if (!button.classList.contains("confirm")) {  // the first click asks
       button.classList.add("confirm");
       button.textContent = "Delete?";
-      setTimeout(() => { button.classList.remove("confirm"); button.textContent = "🗑"; }, 3000);
+      setTimeout(() => { button.classList.remove("confirm"); button.textContent = "✕"; }, 3000);
       return;
     }
     try {
@@ -648,8 +647,12 @@
 
   /** Load the list and reopen the most recent conversation (unless one is on the page). */
   async function start() {
-    if (!(await refreshList())) return;
-    if (!state.id && !state.messages.length && state.list.length) await openConversation(state.list[0].id);
+    try {
+      if (!(await refreshList())) return;
+      if (!state.id && !state.messages.length && state.list.length) await openConversation(state.list[0].id);
+    } finally {
+      document.body.dataset.ready = "true";  // the list is loaded (or known to be unavailable)
+    }
   }
 
   fetch("/ui/config").then((r) => r.json()).then((cfg) => {
@@ -661,6 +664,6 @@
     }
     if (cfg.modes.length === 1) $("mode-note").textContent = "Tool and Code Interpreter modes are not in this build.";
     if (cfg.max_rounds) $("max_rounds").value = cfg.max_rounds;
-    if (!cfg.auth || localStorage.getItem("chatforge-key")) start();
+    if (!cfg.auth || localStorage.getItem("chatforge-key")) start(); else document.body.dataset.ready = "true";
   });
 })();

@@ -6,7 +6,36 @@
 
   // -- Markdown + math -> sanitised HTML ----------------------------------------------------
   const md = new marked.Marked({ gfm: true, breaks: false });
-  md.use(markedKatex({ throwOnError: false, output: "htmlAndMathml" }));
+  const katexOptions = { throwOnError: false, output: "htmlAndMathml" };
+  // Block math ($$ on lines of their own) from marked-katex-extension; inline math by the
+  // rules below, which models writing Chinese need: no space is required around $...$
+  // (pandoc's rule instead: no space just inside the dollars, no digit just after, so
+  // "$5 and $10" stays text), and \(...\) and \[...\] as LaTeX writes them.
+  const INLINE_MATH = [
+    [/^\$\$(?!\$)([^\n]+?)\$\$/, true],
+    [/^\$(?=[^\s$])((?:\\.|[^\\\n$])*?[^\s\\$])\$(?!\d)/, false],
+    [/^\\\(([\s\S]+?)\\\)/, false],
+    [/^\\\[([\s\S]+?)\\\]/, true],
+  ];
+  const inlineMath = {
+    name: "cfInlineMath",
+    level: "inline",
+    start(src) {
+      const m = /\$|\\[([]/.exec(src);
+      return m ? m.index : undefined;
+    },
+    tokenizer(src) {
+      for (const [rule, display] of INLINE_MATH) {
+        const m = rule.exec(src);
+        if (m) return { type: "cfInlineMath", raw: m[0], text: m[1].trim(), displayMode: display };
+      }
+      return undefined;
+    },
+    renderer(token) {
+      return katex.renderToString(token.text, Object.assign({ displayMode: token.displayMode }, katexOptions));
+    },
+  };
+  md.use({ extensions: [...markedKatex(katexOptions).extensions.filter((e) => e.level === "block"), inlineMath] });
 
   DOMPurify.addHook("afterSanitizeAttributes", (node) => {
     if (node.tagName === "A" && node.getAttribute("href")) {
@@ -79,7 +108,7 @@
   /** Highlight every code block under `root` that is not highlighted yet. */
   function enhance(root) {
     for (const code of root.querySelectorAll("pre > code:not(.hljs)")) {
-      codeBlock(code, code.textContent, languageOf(code));
+      codeBlock(code, code.textContent.replace(/\n$/, ""), languageOf(code));
     }
   }
 

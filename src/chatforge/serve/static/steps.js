@@ -55,7 +55,7 @@
     const args = p.arguments && typeof p.arguments === "object" ? Object.values(p.arguments).map(String).join(", ") : "";
     let status = "running…";
     if (p.result) status = p.result.is_error ? "error" : "done" + (p.result.elapsed ? " in " + fmtSeconds(p.result.elapsed) : "");
-    return "🔧 " + p.name + (args ? "(" + short(args, 48) + ")" : "") + " · " + status;
+    return p.name + (args ? "(" + short(args, 48) + ")" : "") + " · " + status;
   }
   function codeSummary(p) {
     const first = (p.code || "").split("\n").find((l) => l.trim()) || "";
@@ -63,13 +63,18 @@
     if (p.output !== null && p.output !== undefined) {
       status = p.timed_out ? "timed out" : p.error ? "error: " + short(lastLine(p.output), 60) : "done";
     }
-    return "🐍 Code · " + status + (first ? " — " + short(first, 50) : "");
+    return "python · " + status + (first ? " — " + short(first, 50) : "");
+  }
+  function summary(kind, text) {
+    const s = el("summary");
+    s.append(el("span", "badge", kind), " " + text);
+    return s;
   }
   function fmtSeconds(s) { return s < 1 ? Math.round(s * 1000) + " ms" : s.toFixed(1) + " s"; }
 
   function fillTool(node, p) {
     node.className = "step tool" + (p.result && p.result.is_error ? " failed" : "") + (p.result ? "" : " running");
-    node.replaceChildren(el("summary", "", toolSummary(p)));
+    node.replaceChildren(summary("tool", toolSummary(p)));
     node.appendChild(el("div", "label", "Arguments"));
     node.appendChild(codeView(JSON.stringify(p.arguments || {}, null, 2), "json"));
     if (p.result) {
@@ -81,7 +86,7 @@
   function fillCode(node, p) {
     const done = p.output !== null && p.output !== undefined;
     node.className = "step code" + (p.error || p.timed_out ? " failed" : "") + (done ? "" : " running");
-    node.replaceChildren(el("summary", "", codeSummary(p)));
+    node.replaceChildren(summary("code", codeSummary(p)));
     if (p.code) node.appendChild(codeView(p.code, "python"));
     if (done) {
       node.appendChild(el("div", "label", p.timed_out ? "Output (timed out)" : p.error ? "Error" : "Output"));
