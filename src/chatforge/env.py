@@ -2,7 +2,8 @@
 so a test or a launcher may set one at any time).
 
 =============================  =======================================================
-``CHATFORGE_HOME``             the cache: assembled and converted models, probes
+``CHATFORGE_HOME``             the cache: assembled and converted models, probes, and
+                               the web UI's saved conversations (``ui/``)
                                (default ``~/.cache/chatforge``)
 ``CHATFORGE_API_KEY``          the key ``chatforge serve`` requires (``--api-key`` wins)
 ``CHATFORGE_REMOTE_API_KEY``   the key sent to ``--engine remote`` (``--remote-api-key`` wins)
