@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,23 +24,6 @@ from chatforge.serve.agent_turn import AgentTurn
 from chatforge.serve.agent_turn import run_turn as _run_turn
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium; make test does it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
-
 
 def test_chat_mode_streams_an_answer(browser, chat_server):
     page = browser.new_page()
@@ -83,7 +65,9 @@ def test_tool_mode_shows_calls_and_results_as_steps(browser, tool_server):
     page.wait_for_selector(".msg.assistant[data-done=true]", timeout=20000)
     step = page.locator(".msg.assistant details.step.tool")
     assert step.count() == 1
-    assert "get_weather · done" in step.locator("summary").inner_text()
+    summary = step.locator("summary").inner_text()
+    assert "get_weather" in summary and "· done" in summary
+    assert step.evaluate("d => !d.open")  # collapsed once the answer is final
     step.locator("summary").click()
     assert "Sunny, 21 degrees celsius in Beijing" in step.inner_text()
     assert '"city_name": "Beijing"' in step.inner_text()
@@ -105,6 +89,8 @@ def test_code_mode_uploads_runs_and_shows_the_plot(browser, code_server, tmp_pat
     assert page.locator(".msg.error, .part.error").count() == 0
     code = page.locator(".msg.assistant .step.code")
     assert code.count() == 1
+    assert code.evaluate("d => !d.open")  # collapsed once the answer is final
+    code.locator("summary").click()
     assert "plt.plot([1, 4, 2, 3])" in code.locator("code.language-python").inner_text()
     assert "[Image]" in code.locator("pre.output").inner_text()
     img = code.locator("img")
@@ -145,6 +131,8 @@ def test_agent_route_streams_tool_steps(tool_server):
     assert result["id"] == call["id"] and not result["is_error"]
     assert result["content"] == "Sunny, 21 degrees celsius in Beijing"
     assert final["stopped_by_limit"] and final["rounds"] == 1
+    timing = final["timing"]  # the turn's generations: the page shows their speed
+    assert timing["completion_tokens"] > 0 and timing["seconds"] > 0 and timing["tokens_per_second"] > 0
     # The key is required, like everywhere else, and bodies are checked.
     body = {"mode": "tools", "conversation": "x", "query": "hi"}
     assert httpx.post(tool_server.url + "/ui/agent", json=body).status_code == 401

@@ -11,6 +11,7 @@ require the API key ``KEY``.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import serve_models as models  # noqa: E402
 
 KEY = "test-key-7d1f"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
@@ -60,7 +62,8 @@ def start(model_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, st
     # So that ``--tools serve_models:get_weather`` imports this directory's serve_models.py (and tiny.py).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(HERE.parent), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "chatforge.cli", "serve", "--model", str(model_dir), "--port", str(port),
-           "--device", "cpu", "--dtype", "float32", *extra]
+           "--device", "cpu", "--dtype", "float32",
+           "--conversations-db", str(log.with_suffix(".sqlite3")), *extra]  # not the user's
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -146,3 +149,18 @@ def code_server(tmp_path_factory) -> Server:
         yield Server(url, model_dir, proc, log, workdir=root / "work")
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright, one per test module (import it into the module)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install -y chromium; make test does it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()

@@ -30,6 +30,7 @@ from chatforge.agent.tools.definition import Tool
 from chatforge.agent.tools.registry import ToolRegistry
 from chatforge.agent.tools.results import ToolResult
 from chatforge.chat import ChatModel
+from chatforge.engines.base import GenerationStats
 from chatforge.messages import INTERPRETER, Message, Role, ToolCall
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class Agent:
             self.messages.append(Message(Role.SYSTEM, system))
         self.state = model.engine.new_state()
         self.rounds = 0
+        self.stats = GenerationStats()
+        """The last query's generations, summed over its rounds (tokens and seconds)."""
         self._files_changed = False
         self._prelude_kernel: int | None = None  # the kernel that has run CODE_PRELUDE
 
@@ -181,6 +184,7 @@ class Agent:
             self.messages.append(Message(Role.parse(role), self._with_files(query)))
         params = {**self.params, **params}
         tools = self.registry.schemas() if self.mode == "tools" and len(self.registry) else None
+        self.stats = GenerationStats()
         for round_number in range(1, self.max_rounds + 1):
             self.rounds = round_number
             reply: Message | None = None
@@ -189,6 +193,8 @@ class Agent:
                     yield AgentEvent(EventKind.TEXT, text=event.delta)
                 if event.message is not None:
                     reply = event.message
+                if event.stats is not None:
+                    self._add_stats(event.stats)
             assert reply is not None
             self.messages.append(reply)
             if reply.tool_calls and self.mode != "chat":
@@ -208,6 +214,14 @@ class Agent:
             return
         note = f"(stopped after {self.max_rounds} round{'s' if self.max_rounds > 1 else ''} without a final answer)"
         yield AgentEvent(EventKind.FINAL, text=note)
+
+    def _add_stats(self, stats: GenerationStats) -> None:
+        """Sum the query's generations (all its rounds) into ``self.stats``."""
+        total = self.stats
+        total.prompt_tokens += stats.prompt_tokens
+        total.completion_tokens += stats.completion_tokens
+        total.prefill_seconds += stats.prefill_seconds
+        total.decode_seconds += stats.decode_seconds
 
     def close(self) -> None:
         if self._own_interpreter and self.interpreter is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatforge.agent.loop import AgentEvent, EventKind
-from chatforge.engines.base import SamplingParams, sampling_options
+from chatforge.engines.base import GenerationStats, SamplingParams, sampling_options
 from chatforge.messages import Message, Role
 from chatforge.serve.agent_sessions import AGENT_MODES, AgentOptions, AgentSession
 from chatforge.serve.errors import APIError
@@ -118,7 +118,7 @@ def run_turn(session: AgentSession, turn: AgentTurn, cancel: threading.Event) ->
             for event in events:
                 if cancel.is_set():
                     break
-                yield event_dict(event, agent.rounds)
+                yield event_dict(event, agent.rounds, agent.stats)
                 finished = event.kind is EventKind.FINAL
         finally:
             events.close()
@@ -166,8 +166,9 @@ def _prepare(session: AgentSession, turn: AgentTurn) -> None:
             session.turns = {n: i + 1 for n, i in session.turns.items()}
 
 
-def event_dict(event: AgentEvent, rounds: int = 0) -> dict[str, Any]:
-    """One agent event as the page's JSON event."""
+def event_dict(event: AgentEvent, rounds: int = 0, stats: GenerationStats | None = None) -> dict[str, Any]:
+    """One agent event as the page's JSON event; ``final`` carries the turn's ``timing``
+    (its generations summed: tokens, seconds, decode tokens per second) when ``stats`` is given."""
     kind = str(event.kind)
     out: dict[str, Any] = {"type": kind}
     if kind == "text":
@@ -196,4 +197,13 @@ def event_dict(event: AgentEvent, rounds: int = 0) -> dict[str, Any]:
         out["png"] = base64.b64encode(event.image or b"").decode()
     elif kind == "final":
         out.update(text=event.text, rounds=rounds, stopped_by_limit=event.message is None)
+        if stats is not None:
+            out["timing"] = {
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+                "seconds": round(stats.prefill_seconds + stats.decode_seconds, 4),
+                "tokens_per_second": round(stats.completion_tokens / stats.decode_seconds, 2)
+                if stats.decode_seconds > 0
+                else 0.0,
+            }
     return out
