@@ -1,7 +1,7 @@
 """The web UI in a real browser (Debian's chromium driven by Playwright): Chat mode streams
 an answer; Tool mode shows the scripted model's tool call and its result as steps; Code
 mode uploads a file, runs the scripted model's plotting code and shows the plot inline.
-Screenshots: test-artifacts/serve-ui-chat.png, serve-ui-code.png. The UI's agent routes
+Screenshots go to each test's pytest temporary directory. The UI's agent routes
 (/ui/agent's SSE events, /ui/upload, /ui/clear) are tested over HTTP, and the server-side
 sessions (LRU, expiry, retry) in-process with a scripted engine.
 """
@@ -12,12 +12,10 @@ import base64
 import json
 import threading
 import time
-from pathlib import Path
 
 import httpx
-import pytest
 from scripted import scripted_model
-from serve_support import KEY, ROOT
+from serve_support import KEY
 
 from chatforge.serve.agent_sessions import AgentOptions, AgentSessions
 from chatforge.serve.agent_turn import AgentTurn
@@ -25,7 +23,7 @@ from chatforge.serve.agent_turn import run_turn as _run_turn
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
-def test_chat_mode_streams_an_answer(browser, chat_server):
+def test_chat_mode_streams_an_answer(browser, chat_server, tmp_path):
     page = browser.new_page()
     page.goto(chat_server.url + "/")
     page.wait_for_selector("#model-name:has-text('tiny')")
@@ -39,9 +37,7 @@ def test_chat_mode_streams_an_answer(browser, chat_server):
     assert page.locator(".msg.user").inner_text().endswith("Hello, 你好!")
     assert page.locator(".msg.error").count() == 0
     assert page.locator(".msg.assistant .body").inner_text().strip()
-    out = ROOT / "test-artifacts"
-    out.mkdir(exist_ok=True)
-    page.screenshot(path=str(out / "serve-ui-chat.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "serve-ui-chat.png"), full_page=True)
     page.click("#clear")
     assert page.locator(".msg").count() == 0
 
@@ -97,9 +93,7 @@ def test_code_mode_uploads_runs_and_shows_the_plot(browser, code_server, tmp_pat
     assert img.get_attribute("src").startswith("data:image/png;base64,iVBORw0KGgo")
     assert img.evaluate("i => i.naturalWidth") > 100  # a real, decodable picture
     assert not any("```" in t for t in page.locator(".msg.assistant .part.text").all_inner_texts())
-    out = ROOT / "test-artifacts"
-    out.mkdir(exist_ok=True)
-    page.screenshot(path=str(out / "serve-ui-code.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "serve-ui-code.png"), full_page=True)
     page.click("#clear")
     assert page.locator(".msg").count() == 0 and page.locator("#files li").count() == 0
     page.close()
