@@ -328,6 +328,8 @@ def test_a_step_of_a_few_sequences_computes_what_each_alone_does():
     one-row kernels), on the default model as the engine loads it, in a child process."""
     import io
 
+    from chatforge.engines import amx
+
     _, chosen = default_paths()
     proc = subprocess.run([sys.executable, "-c", FEW_ROWS, str(chosen)], capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
@@ -335,6 +337,12 @@ def test_a_step_of_a_few_sequences_computes_what_each_alone_does():
     assert together.shape[0] == 2 + 3 + 4
     assert (together.argmax(axis=1) == alone.argmax(axis=1)).all()
     scale = np.abs(alone).max(axis=1, keepdims=True)
-    assert (np.abs(together - alone) / scale).max() < 2e-3, (np.abs(together - alone) / scale).max(axis=1)
+    # With chatforge's few-row kernels (AMX CPUs), a row of a batch is computed with the
+    # one-row kernel's arithmetic: equal up to float noise. Elsewhere (AVX-512 or AVX2 CPUs,
+    # or the AMX path off) llama.cpp's batched kernels quantise the activations and sum in
+    # another order than its one-row kernels, so a row differs by up to a few percent of the
+    # largest logit while the choice of token stays the same.
+    bound = 2e-3 if amx.enabled() and amx.small_batch_kernels() else 5e-2
+    assert (np.abs(together - alone) / scale).max() < bound, (np.abs(together - alone) / scale).max(axis=1)
     # Each row is its own sequence's: distinct prompts give distinct logits.
     assert np.abs(alone[0] - alone[1]).max() > 0.1 * scale[0, 0]
