@@ -30,7 +30,7 @@ TEXTS = {
     "code": [
         "src/chatforge/engines/batching.py",
         "src/chatforge/chat.py",
-        "src/chatforge/serve/completions.py",
+        "src/chatforge/serve/routes/chat.py",
     ],
 }
 CHUNK = 512  # tokens per evaluated window
