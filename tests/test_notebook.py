@@ -27,3 +27,17 @@ def test_chat_cells_keep_history(tmp_path, tiny_model, tiny_tokenizer, capsys):
         assert [m["role"] for m in shell.run_line_magic("chat_history", "")] == ["system"]
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_load_ext_chatforge_registers_the_magics():
+    """`%load_ext chatforge`, as the README writes it (the package re-exports the extension)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "chatforge")
+        magics = shell.magics_manager.magics
+        assert {"chat_model", "chat_clear", "chat_history"} <= set(magics["line"])
+        assert "chat" in magics["cell"]
+    finally:
+        InteractiveShell.clear_instance()

@@ -51,7 +51,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     config = load_config(args.config, overrides)
-    result = train(config)
+    try:
+        result = train(config)
+    finally:
+        _close_process_group()
     print(f"done: {result.global_step} steps; result in {result.final_dir}")
     if result.best_checkpoint:
         print(f"best checkpoint (lowest eval loss): {result.best_checkpoint}")
@@ -209,3 +212,12 @@ def run_data_check(args: argparse.Namespace) -> int:
         print(f"first sample ({examples[0].where}):")
         print(sanity_table(examples[0], tokenizer, limit=args.tokens or None))
     return 0
+
+
+def _close_process_group() -> None:
+    """Close the process group a launcher (torchrun, accelerate) opened: a process that exits
+    with it open makes gloo and NCCL warn, and DeepSpeed can abort at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
