@@ -2,7 +2,7 @@
 // (/v1/chat/completions); Tool and Code Interpreter modes stream agent events from /ui/agent
 // (the agent loop runs on the server, one per conversation id; /ui/upload puts files into
 // its code session). Conversations are saved on the server (/ui/conversations) after each
-// turn when it has a store, else kept in memory. Rendering: render.js and steps.js.
+// turn when it has a store, else kept in memory. Rendering: render.js, steps.js, transcript.js, sidebar.js.
 (function () {
   const CF = window.CF;
   const $ = (id) => document.getElementById(id);
@@ -46,77 +46,15 @@
     $("key-row").hidden = false;
     $("settings").open = true;
   }
-  async function* sse(response) {
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let at;
-      while ((at = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, at);
-        buf = buf.slice(at + 2);
-        for (const line of block.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") return;
-          yield JSON.parse(data);
-        }
-      }
-    }
-  }
+  const sse = CF.Transcript.readEvents;
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
   // -- Messages on the page ----------------------------------------------------------------
-  function bubble(role) {
-    const div = document.createElement("div");
-    div.className = "msg " + role;
-    const who = document.createElement("div");
-    who.className = "role";
-    who.textContent = role === "user" ? "You" : role === "error" ? "Error" : "Assistant";
-    const body = document.createElement("div");
-    body.className = "body";
-    div.append(who, body);
-    $("messages").appendChild(div);
-    return div;
-  }
-  function metaText(meta) {
-    if (!meta) return "";
-    const bits = [];
-    if (meta.completion_tokens) bits.push(meta.completion_tokens + " tokens");
-    if (meta.tokens_per_second) bits.push(meta.tokens_per_second.toFixed(1) + " tokens/s");
-    if (meta.seconds) bits.push(meta.seconds.toFixed(1) + " s");
-    if (meta.rounds) bits.push(meta.rounds + (meta.rounds === 1 ? " round" : " rounds"));
-    if (meta.stopped) bits.push("stopped");
-    return bits.join(" · ");
-  }
-  function showMeta(div, meta) {
-    let line = div.querySelector(".meta");
-    const text = metaText(meta);
-    if (!text) return;
-    if (!line) { line = document.createElement("div"); line.className = "meta"; div.appendChild(line); }
-    line.textContent = text;
-  }
-  function drawMessage(m) {
-    if (m.role === "user") {
-      const div = bubble("user");
-      div.querySelector(".body").textContent = m.content;
-    } else if (m.role === "assistant") {
-      const div = bubble("assistant");
-      const body = div.querySelector(".body");
-      const parts = m.steps && m.steps.length ? m.steps : [{ kind: "text", text: m.content || "" }];
-      const steps = new CF.Steps(body, parts.map((p) => Object.assign({}, p)));
-      steps.collapse();
-      steps.flush();
-      showMeta(div, m.meta);
-      div.dataset.done = "true";
-    }
-  }
+  const bubble = (role) => CF.Transcript.bubble($("messages"), role);
+  const showMeta = CF.Transcript.showMeta;
   function redraw() {
     $("messages").replaceChildren();
-    for (const m of state.messages) drawMessage(m);
+    for (const m of state.messages) CF.Transcript.drawMessage($("messages"), m);
     scroll(true);
   }
   function scroll(force) {
@@ -169,22 +107,11 @@
       try { args = JSON.parse(c.args || "{}"); } catch (err) { args = { arguments: c.args }; }
       turn.steps.add({ kind: "tool", id: c.id, name: c.name, arguments: args, result: null });
     }
-    const meta = { seconds: ((last || performance.now()) - started) / 1000 };
-    if (usage) {
-      meta.completion_tokens = usage.completion_tokens;
-      // Decode speed: the tokens after the first over the time they took to stream.
-      const span = first !== null && last > first ? (last - first) / 1000 : 0;
-      meta.tokens_per_second = span > 0 && usage.completion_tokens > 1
-        ? (usage.completion_tokens - 1) / span
-        : meta.seconds > 0 ? usage.completion_tokens / meta.seconds : 0;
-    }
     turn.reply.content = text.text;
-    turn.reply.meta = meta;
+    turn.reply.meta = CF.Transcript.streamMeta(started, first, last, usage);
   }
 
   // -- Tool and Code Interpreter modes: the agent runs on the server (/ui/agent) ----------
-  const FENCE = /```(?:python|py|python3)[ \t]*\n[\s\S]*?(?:\n```|$)\s*$/;
-
   async function agentResponse(mode, turn) {
     const history = state.messages.slice(0, -1).map((m) => ({ role: m.role, content: m.content || "" }));
     const req = {
@@ -210,54 +137,22 @@
     const response = await agentResponse(mode, turn);
     const steps = turn.steps;
     if (turn.note) { steps.remove(turn.note); turn.note = null; }
-    const parts = steps.parts;
-    const last = () => parts[parts.length - 1];
-    const lastOf = (kind) => { for (let i = parts.length - 1; i >= 0; i--) if (parts[i].kind === kind) return parts[i]; return null; };
     for await (const ev of sse(response)) {
-      if (ev.type === "text") {
-        const p = last() && last().kind === "text" ? last() : steps.add({ kind: "text", text: "" });
-        p.text += ev.text;
-        steps.update(p);
-      } else if (ev.type === "tool_call") {
-        steps.add({ kind: "tool", id: ev.id, name: ev.name, arguments: ev.arguments, result: null });
-      } else if (ev.type === "tool_result") {
-        const p = parts.find((x) => x.kind === "tool" && x.id === ev.id && !x.result) || lastOf("tool")
-          || steps.add({ kind: "tool", id: ev.id, name: ev.name, arguments: {}, result: null });
-        p.result = { content: ev.content, is_error: ev.is_error, truncated: ev.truncated, elapsed: ev.elapsed };
-        steps.update(p);
-      } else if (ev.type === "code") {
-        // The code arrived as text too (a ```python block): show it once, as the code step.
-        const t = last();
-        if (t && t.kind === "text" && FENCE.test(t.text)) {
-          t.text = t.text.replace(FENCE, "");
-          if (t.text.trim()) steps.update(t); else steps.remove(t);
-        }
-        steps.add({ kind: "code", code: ev.code, output: null, error: false, timed_out: false, images: [] });
-      } else if (ev.type === "image") {
-        const p = lastOf("code") || steps.add({ kind: "code", code: "", output: null, images: [] });
-        p.images.push(ev.png);
-        steps.update(p);
-      } else if (ev.type === "output") {
-        const p = lastOf("code") || steps.add({ kind: "code", code: "", output: null, images: [] });
-        Object.assign(p, { output: ev.text, error: ev.error, timed_out: ev.timed_out });
-        steps.update(p);
-      } else if (ev.type === "final") {
-        turn.reply.content = ev.text;
+      const final = CF.Transcript.applyAgentEvent(steps, ev);
+      if (final) {
+        turn.reply.content = final.text;
         turn.final = true;
-        if (ev.stopped_by_limit) steps.add({ kind: "limit", text: ev.text });
-        const t = ev.timing || {};
+        const t = final.timing || {};
         turn.reply.meta = {
-          rounds: ev.rounds,
+          rounds: final.rounds,
           seconds: (performance.now() - started) / 1000,  // the whole turn, tools and code included
           completion_tokens: t.completion_tokens,
           tokens_per_second: t.tokens_per_second,
         };
-        steps.collapse();
-      } else if (ev.type === "error") {
-        steps.add({ kind: "error", text: ev.message });
       }
       scroll();
     }
+    const parts = steps.parts;
     if (!turn.reply.content) turn.reply.content = parts.filter((p) => p.kind === "text").map((p) => p.text).join("\n");
   }
 
@@ -440,96 +335,21 @@
     closeSidebar();
   }
 
-  function when(iso) {
-    const d = new Date(typeof iso === "number" ? iso * 1000 : iso);
-    if (isNaN(d)) return "";
-    const today = new Date().toDateString() === d.toDateString();
-    return today ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleDateString();
-  }
-
-  function actionButton(label, title, handler) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = "icon small";
-    b.textContent = label;
-    b.title = title;
-    b.setAttribute("aria-label", title);
-    b.addEventListener("click", (e) => { e.stopPropagation(); handler(b); });
-    return b;
-  }
-
-  function drawList() {
-    const ul = $("conversations");
-    ul.replaceChildren();
-    for (const c of state.list) {
-      const li = document.createElement("li");
-      li.className = "conv" + (c.id === state.id ? " active" : "");
-      li.dataset.id = c.id;
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "open";
-      const title = document.createElement("span");
-      title.className = "conv-title";
-      title.textContent = c.title || "Untitled";
-      const sub = document.createElement("small");
-      sub.textContent = [c.mode === "tools" ? "Tool" : c.mode === "code" ? "Code" : "Chat", when(c.updated)].filter(Boolean).join(" · ");
-      open.append(title, sub);
-      open.addEventListener("click", () => { if (c.id !== state.id || !state.messages.length) openConversation(c.id); });
-      const acts = document.createElement("span");
-      acts.className = "acts";
-      acts.append(
-        actionButton("✎", "Rename", () => rename(li, c)),
-        actionButton("{ }", "Export as JSON", () => exportConv(c, "json")),
-        actionButton("MD", "Export as Markdown", () => exportConv(c, "markdown")),
-        actionButton("✕", "Delete", (b) => removeConv(c, b)),
-      );
-      li.append(open, acts);
-      ul.appendChild(li);
+  async function renameConv(c, title) {
+    try {
+      await store.update(c.id, { title });
+      c.title = title;
+      if (c.id === state.id) { state.title = title; $("title").textContent = title; }
+    } catch (err) {
+      if (err instanceof CF.StoreUnavailable) storeDown(); else notice("Could not rename: " + err.message);
     }
-  }
-
-  function rename(li, c) {
-    const input = document.createElement("input");
-    input.className = "rename";
-    input.value = c.title || "";
-    input.setAttribute("aria-label", "New title");
-    li.querySelector(".open").replaceWith(input);
-    input.focus();
-    input.select();
-    let done = false;
-    async function finish(commit) {
-      if (done) return;
-      done = true;
-      const title = input.value.trim();
-      if (commit && title && title !== c.title) {
-        try {
-          await store.update(c.id, { title });
-          c.title = title;
-          if (c.id === state.id) { state.title = title; $("title").textContent = title; }
-        } catch (err) {
-          if (err instanceof CF.StoreUnavailable) storeDown(); else notice("Could not rename: " + err.message);
-        }
-      }
-      drawList();
-    }
-    input.addEventListener("keydown", (e) => {
-      if (e.key === "Enter") { e.preventDefault(); finish(true); }
-      if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); finish(false); }
-    });
-    input.addEventListener("blur", () => finish(true));
   }
 
   async function exportConv(c, format) {
     try { await store.download(c.id, format, c.title); } catch (err) { notice("Could not export: " + err.message); }
   }
 
-  async function removeConv(c, button) {
-    if (!button.classList.contains("confirm")) {  // the first click asks
-      button.classList.add("confirm");
-      button.textContent = "Delete?";
-      setTimeout(() => { button.classList.remove("confirm"); button.textContent = "✕"; }, 3000);
-      return;
-    }
+  async function removeConv(c) {
     try {
       await store.remove(c.id);
     } catch (err) {
@@ -542,6 +362,16 @@
       resetConversation();
     } else drawList();
   }
+
+  const sidebar = new CF.ConversationList($("conversations"), {
+    activeId: () => state.id,
+    isEmpty: () => !state.messages.length,
+    open: (id) => openConversation(id),
+    rename: renameConv,
+    exportAs: exportConv,
+    remove: removeConv,
+  });
+  function drawList() { sidebar.draw(state.list); }
 
   // -- Code session files -------------------------------------------------------------------
   function showFiles() {
