@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from smollm import need_llama_cpp  # noqa: F401 - the engine tests import it from here
+from smollm import need_llama_cpp
 
 
 def free_port() -> int:
