@@ -8,6 +8,7 @@ the message-level call the agent loop and the server build on.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -15,9 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatforge.constrain.grammars import (
+    TAG_CLOSE,
+    TAG_OPEN,
+    GrammarError,
+    check_grammar,
+    check_tools,
+    json_grammar,
+    tag,
+    tool_grammar,
+)
 from chatforge.engines.base import Engine, GenerationStats, KVState, SamplingParams
 from chatforge.messages import INTERPRETER, Message, Role, from_history, to_history, tools_of
 from chatforge.templates import Template, get_template
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+"""``generate(grammar=AUTO)``: constrain tool calls to the offered tools' schemas when the
+model and engine can (the default); a grammar string, or None for no constraint."""
 
 
 @dataclass
@@ -60,11 +77,77 @@ def sampling_params(
 class ChatModel:
     """A chat model ready to talk: ``chat``, ``stream_chat``, ``session`` and ``generate``."""
 
-    def __init__(self, engine: Engine, template: Template, name: str = "model", model: Any = None) -> None:
+    def __init__(
+        self, engine: Engine, template: Template, name: str = "model", model: Any = None, constrain: bool = True
+    ) -> None:
         self.engine = engine
         self.template = template
         self.name = name
         self.model = model  # the underlying torch module, when there is one
+        self.constrain = constrain  # schema-constrained decoding of tool calls and JSON replies
+
+    # -- constrained decoding ---------------------------------------------------
+    @property
+    def can_constrain(self) -> bool:
+        """Whether replies can be constrained here: on, a local engine, a fast tokenizer."""
+        from chatforge.constrain.matcher import supports
+
+        return self.constrain and self.engine.supports_grammar and supports(self.tokenizer)
+
+    def grammar_for(
+        self,
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        force: str | None = None,
+        parallel: bool = True,
+        json_mode: bool = False,
+        json_schema: dict[str, Any] | None = None,
+    ) -> str | None:
+        """The grammar a reply must follow: valid calls of ``tools`` (``force``: a call of
+        that tool, or ``"*"`` of any, is required), or with ``json_mode`` one JSON object
+        (following ``json_schema``; with tools, only the calls are constrained). None when
+        nothing is to be constrained or it cannot be: constraints off, a remote engine, a
+        template whose calls are not JSON. Raises
+        :class:`GrammarError` naming the tool or schema the grammar engine cannot compile."""
+        if not self.can_constrain:
+            return None
+        from chatforge.constrain.matcher import grammar_tokenizer
+
+        view = grammar_tokenizer(self.tokenizer, self.template.stop_token_ids)
+        if tools:
+            fmt = self.template.call_format
+            if fmt is None:
+                return None
+            check_tools(tools)
+            tags = tuple(tag(t, self._special(view, t)) for t in (TAG_OPEN, TAG_CLOSE)) if fmt == "tagged" else None
+            grammar = tool_grammar(tools, tags=tags, force=force, parallel=parallel)
+        elif json_mode:
+            grammar = json_grammar(json_schema)
+        else:
+            return None
+        check_grammar(grammar, view)
+        return grammar
+
+    def _special(self, view: Any, text: str) -> bool:
+        """Whether ``text`` is one special token for the grammar engine."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return len(ids) == 1 and view.is_special_token(ids[0])
+
+    def prepare_constraints(self) -> None:
+        """Build what constrained decoding needs ahead of the first constrained reply."""
+        if self.can_constrain:
+            from chatforge.constrain.matcher import grammar_tokenizer
+
+            grammar_tokenizer(self.tokenizer, self.template.stop_token_ids)
+
+    def _auto_grammar(self, tools: list[dict[str, Any]] | None) -> str | None:
+        if not tools:
+            return None
+        try:
+            return self.grammar_for(tools)
+        except GrammarError as err:
+            log.warning("tool calls are not constrained for this reply: %s", err)
+            return None
 
     @property
     def tokenizer(self) -> Any:
@@ -80,11 +163,17 @@ class ChatModel:
         cancel: threading.Event | None = None,
         **params: Any,
     ) -> Iterator[ReplyEvent]:
-        """Stream the assistant's reply to ``messages``; the last event holds the parsed message."""
+        """Stream the assistant's reply to ``messages``; the last event holds the parsed message.
+
+        ``grammar``: :data:`AUTO` (calls constrained to the tools' schemas where possible), a
+        grammar from :meth:`grammar_for`, or None."""
         tools = tools or tools_of(messages)
+        grammar = params.pop("grammar", AUTO)
+        if grammar == AUTO:
+            grammar = self._auto_grammar(tools)
         prompt = self.template.render(messages, tools, add_generation_prompt=True).ids
         sp = params.pop("sampling", None) or sampling_params(
-            self.template, prompt_tokens=len(prompt), **params
+            self.template, prompt_tokens=len(prompt), grammar=grammar, **params
         )
         parser = self.template.stream_parser(tools)
         stats = None
@@ -236,6 +325,7 @@ def load_model(
     quantize: str | None = None,
     device_map: str | dict[str, Any] | None = None,
     engine_options: dict[str, Any] | None = None,
+    constrain: bool = True,
 ) -> ChatModel:
     """Load a chat model: ``"default"`` (embedded), a local Hugging Face directory, a ``.gguf``
     file or a ChatGLM checkpoint directory; optionally with a PEFT adapter.
@@ -247,7 +337,8 @@ def load_model(
     (bitsandbytes, CUDA only) and ``device_map`` apply to transformers, ``quantize``
     q4_0/iq4_nl/q8_0 re-quantize a GGUF for the llama.cpp engines; ``engine_options``
     go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp,
-    ``prefill_model`` for hybrid)."""
+    ``prefill_model`` for hybrid). ``constrain``: tool calls and JSON replies constrained to
+    their schemas on the local engines (``chatforge.constrain``)."""
     # Engines and loaders bring PyTorch, transformers or llama.cpp with them: imported when a
     # model is loaded, so that `import chatforge` and `chatforge --help` stay quick.
     from chatforge.engines.hf import TransformersEngine
@@ -276,7 +367,9 @@ def load_model(
             options=engine_options,
             quantize=quantize if chosen in ("llama.cpp", "hybrid") else None,
         )
-        return ChatModel(built.engine, get_template(template, built.tokenizer), name=built.name)
+        return ChatModel(
+            built.engine, get_template(template, built.tokenizer), name=built.name, constrain=constrain
+        )
     source = resolve(ref)
     if quantize or device_map is not None:
         model, tokenizer = load_quantized_weights(
@@ -288,4 +381,6 @@ def load_model(
         model = attach_adapter(model, prepare_adapter(adapter, source))
     options = {k: v for k, v in (engine_options or {}).items() if k != "prefill_model"}
     engine_ = TransformersEngine(model, tokenizer, context_length=context_length, **options)
-    return ChatModel(engine_, get_template(template, tokenizer), name=source.name, model=model)
+    return ChatModel(
+        engine_, get_template(template, tokenizer), name=source.name, model=model, constrain=constrain
+    )

@@ -34,7 +34,11 @@ TOOL = {
         "description": "Current weather in a city",
         "parameters": {
             "type": "object",
-            "properties": {"city_name": {"type": "string"}, "unit": {"type": "string"}},
+            "properties": {
+                "city_name": {"type": "string"},
+                "unit": {"type": "string"},
+                "note": {"type": "string"},
+            },
             "required": ["city_name"],
         },
     },

@@ -78,6 +78,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--parallel", type=int, default=None, help="requests decoded together (llama.cpp 4, transformers 8)"
     )
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
+    g.add_argument(
+        "--constrain",
+        default="on",
+        choices=["on", "off"],
+        help="tool calls and JSON replies constrained to their schemas while decoding, on the local "
+        "engines (default: on; docs/serving.md)",
+    )
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,6 +110,7 @@ def load_from_args(args: argparse.Namespace) -> ChatModel:
         template=args.template,
         adapter=args.adapter,
         context_length=args.context_length,
+        constrain=getattr(args, "constrain", "on") == "on",
         **engine_kwargs(args),
     )
 

@@ -54,6 +54,8 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    # What the reply may be, as an llguidance grammar (chatforge.constrain); None: anything.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +90,8 @@ class SamplingParams:
             self.stop = [self.stop]
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError("stop must be a list of non-empty strings")
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise ValueError(f"grammar must be a string, got {type(self.grammar).__name__}")
 
 
 #: The sampling settings a user sets by name (an OpenAI request, the web UI's sidebar, the
@@ -168,6 +172,7 @@ class Engine(ABC):
     """Streams token ids for a prompt. Implementations: transformers, llama.cpp, remote."""
 
     name = "engine"
+    supports_grammar = False  # whether SamplingParams.grammar is applied (the local engines)
 
     def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
         self.tokenizer = tokenizer

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from chatforge.constrain.grammars import GrammarError
+from chatforge.constrain.matcher import Constraint, grammar_tokenizer
 from chatforge.engines.base import Engine, EngineError, GenerationStats, KVState, SamplingParams
 from chatforge.engines.sampling import apply_penalties, sample
 from chatforge.tokenizer import Tokenizer
@@ -57,10 +59,13 @@ BATCH_WAIT_LIMIT = 6
 
 
 class TokenSampler:
-    """One request's next-token choice from a row of logits, with its penalties and seed."""
+    """One request's next-token choice from a row of logits, with its penalties, seed and
+    grammar (a token the grammar forbids is picked again among the allowed ones, see
+    :mod:`chatforge.constrain.matcher`)."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: list[int]) -> None:
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], constraint: Constraint | None = None) -> None:
         self.params = params
+        self.constraint = constraint
         self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         self.penalised = (
             params.repetition_penalty != 1.0 or params.presence_penalty != 0 or params.frequency_penalty != 0
@@ -69,6 +74,12 @@ class TokenSampler:
         self.counts: dict[int, int] = {}
 
     def __call__(self, logits: np.ndarray) -> int:
+        token = self._choose(logits)
+        if self.constraint is None or self.constraint.allows(token):
+            return token
+        return self._choose(self.constraint.restrict(logits))
+
+    def _choose(self, logits: np.ndarray) -> int:
         if self.params.greedy and not self.penalised:
             best = int(logits.argmax())
             if np.isfinite(logits[best]):
@@ -99,6 +110,8 @@ class TokenSampler:
         return int(index[0, int(sample(values * max(params.temperature, 1e-5), params, self.generator)[0])])
 
     def observe(self, token: int) -> None:
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if self.penalised:
             self.seen.append(token)
             self.counts[token] = self.counts.get(token, 0) + 1
@@ -148,6 +161,8 @@ class Work:
 class BatchingEngine(Engine):
     """An engine whose requests share forward passes through one worker thread."""
 
+    supports_grammar = True
+
     def __init__(self, tokenizer: Tokenizer, context_length: int, max_batch: int, max_step_tokens: int) -> None:
         super().__init__(tokenizer, context_length)
         self.max_batch = max_batch
@@ -170,9 +185,8 @@ class BatchingEngine(Engine):
         cancel: threading.Event | None = None,
     ) -> Iterator[int]:
         budget = max(1, min(params.max_new_tokens, self.context_length - len(prompt_ids)))
-        request = Request(
-            list(prompt_ids), params, stats, state, cancel, budget, TokenSampler(params, prompt_ids)
-        )
+        sampler = TokenSampler(params, prompt_ids, self._constraint(params))
+        request = Request(list(prompt_ids), params, stats, state, cancel, budget, sampler)
         self._submit(request)
         try:
             while True:
@@ -188,6 +202,19 @@ class BatchingEngine(Engine):
                 request.closed = True
                 self._cond.notify_all()
             request.released.wait()
+
+    def _constraint(self, params: SamplingParams) -> Constraint | None:
+        """The request's grammar state, made in the caller's thread (llguidance's view of the
+        tokenizer takes a second the first time). A grammar that fails here, when the
+        caller's check let it through, is dropped with a warning rather than failing the reply."""
+        if params.grammar is None:
+            return None
+        try:
+            view = grammar_tokenizer(self.tokenizer, params.stop_token_ids)
+            return Constraint(view, params.grammar, params.stop_token_ids)
+        except GrammarError as err:
+            log.warning("decoding without constraints: the grammar failed to compile: %s", err)
+            return None
 
     def expect_request(self) -> None:
         # Counts as an arrival for the wait of _gather (a float store: no lock needed; a
@@ -339,10 +366,10 @@ class BatchingEngine(Engine):
         whether it is the last (None when sampling failed and the request has ended)."""
         try:
             token = request.sampler(row)
+            request.sampler.observe(token)
         except Exception as err:  # noqa: BLE001 - NaN logits and the like, for this request only
             request.finish(err)
             return None
-        request.sampler.observe(token)
         request.generated.append(token)
         last = len(request.generated) >= request.budget or token in request.params.stop_token_ids
         if not last:

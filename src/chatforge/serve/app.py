@@ -7,6 +7,8 @@ always runs on the worker's threads, never on the event loop.
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,6 +48,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The grammar engine's view of the tokenizer takes about a second to build: now,
+        # rather than in the first request with tools.
+        await asyncio.to_thread(model.prepare_constraints)
         yield
         state.worker.close()
         if state.ui is not None:

@@ -2,22 +2,33 @@
 parameters, and what ``tool_choice`` and ``response_format`` ask of the reply.
 
 ``tool_choice="required"`` / a named function and ``response_format`` add an instruction to
-the system prompt; :mod:`chatforge.serve.checks` then checks the reply against the plan
+the system prompt. On the local engines the reply is then constrained to what was asked
+(:func:`add_grammar`, chatforge.constrain): valid by construction. Where it cannot be (a
+remote engine, constraints off, a schema the grammar engine cannot compile),
+:mod:`chatforge.serve.checks` checks the reply against the plan and asks once more
 (docs/serving.md).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
+
+from chatforge.constrain.grammars import GrammarError
 
 from chatforge.engines.base import SAMPLING_SETTINGS, sampling_options
 from chatforge.messages import Message, Role, from_openai, normalize_tool_schema
 from chatforge.serve.errors import APIError
 from chatforge.serve.protocol import ChatCompletionRequest, NamedToolChoice, _Sampling
+
+if TYPE_CHECKING:
+    from chatforge.chat import ChatModel
+
+log = logging.getLogger(__name__)
 
 MIN_TOP_P = 1e-6
 
@@ -33,11 +44,18 @@ class ChatPlan:
     parallel_tool_calls: bool = True
     n: int = 1
     extra_instructions: list[str] = field(default_factory=list)
+    grammar: str | None = None  # what the reply is constrained to (add_grammar)
+
+    @property
+    def guaranteed(self) -> bool:
+        """The grammar makes the reply what was asked: a call when one is required, JSON
+        when JSON is asked for (with tools offered, only the calls are constrained)."""
+        return self.grammar is not None and (not self.json_mode or self.force_tool is not None or not self.tools)
 
     @property
     def buffered(self) -> bool:
         """Replies that must be checked before anyone sees them (then maybe asked again)."""
-        return self.force_tool is not None or self.json_mode
+        return (self.force_tool is not None or self.json_mode) and not self.guaranteed
 
 
 def sampling_kwargs(req: _Sampling, max_tokens: int | None, context_length: int) -> dict[str, Any]:
@@ -118,6 +136,7 @@ def build_plan(req: ChatCompletionRequest, context_length: int, default_max_toke
                     code="invalid_value",
                 )
             plan.json_schema = fmt.json_schema.schema_
+            check_parameters_schema(plan.json_schema, "response_format.json_schema.schema")
             plan.extra_instructions.append(
                 "Reply with one JSON object that follows this JSON schema, and nothing else: "
                 + json.dumps(plan.json_schema, ensure_ascii=False)
@@ -151,3 +170,22 @@ def with_instructions(messages: list[Message], text: str) -> list[Message]:
     else:
         out.insert(0, Message(Role.SYSTEM, text))
     return out
+
+
+def add_grammar(plan: ChatPlan, model: ChatModel) -> None:
+    """Constrain the plan's reply where the model can: tool calls valid against the tools'
+    schemas, a required call, JSON following the asked schema. A schema the grammar engine
+    cannot compile leaves this reply unconstrained (then checked, see module doc), with a
+    warning naming the tool or schema and the feature."""
+    try:
+        plan.grammar = model.grammar_for(
+            plan.tools,
+            force=plan.force_tool,
+            parallel=plan.parallel_tool_calls,
+            json_mode=plan.json_mode,
+            json_schema=plan.json_schema,
+        )
+    except GrammarError as err:
+        where = "response_format.json_schema.schema: " if plan.json_mode and not plan.tools else ""
+        log.warning("decoding this reply without constraints: %s%s", where, err)
+        plan.grammar = None

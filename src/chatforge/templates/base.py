@@ -142,6 +142,13 @@ class Template(ABC):
 
     # -- shared -------------------------------------------------------------
     @property
+    def call_format(self) -> str | None:
+        """How replies write tool calls, for constrained decoding (chatforge.constrain):
+        ``"tagged"`` (``<tool_call>`` blocks), ``"json"`` (JSON objects, bare or fenced), or
+        None when calls are not JSON (ChatGLM3's code, ReAct's lines) and are left unconstrained."""
+        return None
+
+    @property
     def stop_token_ids(self) -> list[int]:
         ids = []
         for text in self.stop_strings:

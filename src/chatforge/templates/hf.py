@@ -16,7 +16,7 @@ from typing import Any
 
 from chatforge.messages import Message, Role
 from chatforge.templates.base import Segment, StreamParser, Template, TemplateError
-from chatforge.templates.toolcall_text import safe_prefix_length, split_calls
+from chatforge.templates.toolcall_text import TAG_OPEN, safe_prefix_length, split_calls
 from chatforge.tokenizer import Tokenizer
 
 _PLACEHOLDER = "\x1eCF{}\x1f"
@@ -76,6 +76,10 @@ class HFTemplate(Template):
     @property
     def supports_tools(self) -> bool:
         return "tools" in self.chat_template
+
+    @property
+    def call_format(self) -> str | None:
+        return "tagged" if TAG_OPEN in self.chat_template else "json"
 
     @property
     def stop_strings(self) -> list[str]:

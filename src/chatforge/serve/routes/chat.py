@@ -26,7 +26,7 @@ from chatforge.messages import Message
 from chatforge.serve.checks import complies, correction, normalise_json_reply
 from chatforge.serve.errors import APIError, from_exception
 from chatforge.serve.metrics import Metrics
-from chatforge.serve.plan import ChatPlan, build_plan
+from chatforge.serve.plan import ChatPlan, add_grammar, build_plan
 from chatforge.serve.protocol import ChatCompletionRequest, Usage
 from chatforge.serve.runner import Runner, watch_disconnect
 from chatforge.serve.sse import DONE, event_stream, sse
@@ -46,6 +46,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, state: 
     model.engine.expect_request()
     state.check_model(req.model)
     plan = build_plan(req, model.engine.context_length, state.settings.default_max_tokens)
+    add_grammar(plan, model)
     job = runner.submit(chat_job(model, plan))
     if not req.stream:
         outcomes = await collect_chat(runner, request, job)
@@ -77,7 +78,7 @@ def chat_job(model: ChatModel, plan: ChatPlan) -> Any:
 
     def run(cancel: threading.Event) -> Iterator[tuple[int, ReplyEvent | Outcome]]:
         for index in range(plan.n):
-            params = dict(plan.params)
+            params = {**plan.params, "grammar": plan.grammar}
             if plan.n > 1 and params.get("seed") is not None:
                 params["seed"] += index  # n identical samples would be pointless
             if plan.buffered:
