@@ -78,7 +78,12 @@ class ChatModel:
     """A chat model ready to talk: ``chat``, ``stream_chat``, ``session`` and ``generate``."""
 
     def __init__(
-        self, engine: Engine, template: Template, name: str = "model", model: Any = None, constrain: bool = True
+        self,
+        engine: Engine,
+        template: Template,
+        name: str = "model",
+        model: Any = None,
+        constrain: bool = True,
     ) -> None:
         self.engine = engine
         self.template = template
@@ -119,7 +124,11 @@ class ChatModel:
             if fmt is None:
                 return None
             check_tools(tools)
-            tags = tuple(tag(t, self._special(view, t)) for t in (TAG_OPEN, TAG_CLOSE)) if fmt == "tagged" else None
+            tags = (
+                tuple(tag(t, self._special(view, t)) for t in (TAG_OPEN, TAG_CLOSE))
+                if fmt == "tagged"
+                else None
+            )
             grammar = tool_grammar(tools, tags=tags, force=force, parallel=parallel)
         elif json_mode:
             grammar = json_grammar(json_schema)

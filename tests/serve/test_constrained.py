@@ -30,7 +30,10 @@ ADD = {
 }
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 6}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+    "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
     "required": ["name", "age"],
     "additionalProperties": False,
 }
@@ -87,13 +90,21 @@ def test_a_named_tool_choice_gets_a_valid_call(tool_server, stream):
         (call,) = choice.message.tool_calls
         name, arguments, finish = call.function.name, call.function.arguments, choice.finish_reason
     assert name == "add" and finish == "tool_calls"
-    jsonschema.validate(json.loads(arguments), {**ADD["function"]["parameters"], "additionalProperties": False})
+    jsonschema.validate(
+        json.loads(arguments), {**ADD["function"]["parameters"], "additionalProperties": False}
+    )
 
 
 def test_tool_choice_required(tool_server):
     out = tool_server.client().chat.completions.create(
-        model="scripted", messages=ASK, tools=[ADD], tool_choice="required", parallel_tool_calls=False,
-        temperature=1.0, seed=5, max_tokens=60,
+        model="scripted",
+        messages=ASK,
+        tools=[ADD],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=1.0,
+        seed=5,
+        max_tokens=60,
     )
     assert [c.function.name for c in out.choices[0].message.tool_calls] == ["add"]
 

@@ -79,8 +79,3 @@ class Constraint:
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):
             raise GrammarError(f"token {token} does not follow the grammar: {self._matcher.get_error()}")
-
-    @property
-    def done(self) -> bool:
-        """The grammar is complete: only an end-of-reply token may follow."""
-        return self._matcher.is_stopped()

@@ -63,7 +63,9 @@ class TokenSampler:
     grammar (a token the grammar forbids is picked again among the allowed ones, see
     :mod:`chatforge.constrain.matcher`)."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: list[int], constraint: Constraint | None = None) -> None:
+    def __init__(
+        self, params: SamplingParams, prompt_ids: list[int], constraint: Constraint | None = None
+    ) -> None:
         self.params = params
         self.constraint = constraint
         self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
@@ -163,7 +165,9 @@ class BatchingEngine(Engine):
 
     supports_grammar = True
 
-    def __init__(self, tokenizer: Tokenizer, context_length: int, max_batch: int, max_step_tokens: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, context_length: int, max_batch: int, max_step_tokens: int
+    ) -> None:
         super().__init__(tokenizer, context_length)
         self.max_batch = max_batch
         self.max_step_tokens = max_step_tokens

@@ -8,7 +8,6 @@ always runs on the worker's threads, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 

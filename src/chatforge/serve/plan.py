@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from chatforge.constrain.grammars import GrammarError
-
 from chatforge.engines.base import SAMPLING_SETTINGS, sampling_options
 from chatforge.messages import Message, Role, from_openai, normalize_tool_schema
 from chatforge.serve.errors import APIError
@@ -50,7 +49,9 @@ class ChatPlan:
     def guaranteed(self) -> bool:
         """The grammar makes the reply what was asked: a call when one is required, JSON
         when JSON is asked for (with tools offered, only the calls are constrained)."""
-        return self.grammar is not None and (not self.json_mode or self.force_tool is not None or not self.tools)
+        return self.grammar is not None and (
+            not self.json_mode or self.force_tool is not None or not self.tools
+        )
 
     @property
     def buffered(self) -> bool:

@@ -117,7 +117,6 @@ class ChatGLM3Template(Template):
             ]
         return super().encode(text, literal)
 
-
     def parse(self, text: str, tools: list[dict[str, Any]] | None = None) -> Message:
         calls: list[ToolCall] = []
         code: str | None = None

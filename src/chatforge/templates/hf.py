@@ -56,14 +56,21 @@ CHATML_TEMPLATE = """
 """A ChatML template with tools, for tokenizers that carry none (and for tests)."""
 
 
-OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question in plain language, using this result."
+OBSERVATION_HINT = (
+    "This is the result of {name}. Now answer the user's question in plain language, using this result."
+)
 """Appended to every tool result: small models otherwise tend to repeat the call instead of answering."""
 
 
 class HFTemplate(Template):
     name = "hf"
 
-    def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None, observation_hint: str | None = OBSERVATION_HINT) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | None = None,
+        observation_hint: str | None = OBSERVATION_HINT,
+    ) -> None:
         super().__init__(tokenizer)
         self.observation_hint = observation_hint
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
