@@ -14,9 +14,9 @@ import sys
 from typing import Any
 
 from chatforge.engines.select import llama_cpp_available, resolve_gguf
+from chatforge.models import embedded
 from chatforge.models.embedded import (
     DEFAULT,
-    EMBEDDED,
     EmbeddedModel,
     EmbeddedModelError,
     assemble_gguf,
@@ -104,6 +104,6 @@ def describe(spec: EmbeddedModel) -> list[str]:
 
 
 def run_model_list(args: argparse.Namespace) -> int:
-    blocks = ["\n".join(describe(spec)) for spec in EMBEDDED]
+    blocks = ["\n".join(describe(spec)) for spec in embedded.EMBEDDED]
     print("\n\n".join(blocks))
     return 0
