@@ -78,7 +78,7 @@ def test_a_corrupt_assembly_is_refused_and_removed(tmp_path, monkeypatch):
     assert not is_assembled(spec)
 
 
-def test_a_wrong_size_is_refused_even_with_the_right_hash_prefix(tmp_path, monkeypatch):
+def test_an_assembly_of_the_wrong_size_is_refused(tmp_path, monkeypatch):
     spec = fake_spec(tmp_path, monkeypatch, CONTENT, hashlib.sha256(CONTENT).hexdigest())
     longer = EmbeddedModel(
         name="fake",
