@@ -41,3 +41,19 @@ def test_device_and_dtype_choices():
         resolve_dtype("int3", resolve_device("cpu"))
     with pytest.raises(ValueError):
         resolve_device("tpu")
+
+
+def test_an_embedded_name_loads_its_converted_weights(tmp_path, monkeypatch, tiny_model, tiny_tokenizer):
+    """`load_model("qwen2.5-coder-1.5b-instruct")` through the real resolution: a tiny model
+    stands in for the converted weights in an empty cache."""
+    from chatforge.models.embedded import QWEN_CODER_1_5B, hf_dir
+
+    monkeypatch.setenv("CHATFORGE_HOME", str(tmp_path))
+    tiny_model.save_pretrained(hf_dir(QWEN_CODER_1_5B))
+    tiny_tokenizer.save_pretrained(hf_dir(QWEN_CODER_1_5B))
+    source = resolve("1.5b")
+    assert (source.kind, source.path, source.name) == ("hf", hf_dir(QWEN_CODER_1_5B), QWEN_CODER_1_5B.name)
+    model = load_model("qwen2.5-coder-1.5b-instruct", engine="transformers", dtype="float32")
+    assert model.name == QWEN_CODER_1_5B.name
+    response, _ = model.chat("Hello", do_sample=False, max_new_tokens=3)
+    assert isinstance(response, str)

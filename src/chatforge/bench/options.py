@@ -12,7 +12,8 @@ class BenchOptions:
     """What to measure; every field has a ``--flag``."""
 
     model: str = "default"
-    """The model: 'default' (embedded; GGUF for llama.cpp, safetensors for transformers) or a path."""
+    """The model: 'default' or another embedded model's name (GGUF for llama.cpp, safetensors for
+    transformers), or a path."""
     quantize: str | None = None
     """Re-quantize the GGUF (q4_0, iq4_nl, q8_0) for the llama.cpp engines and the plain llama.cpp references."""
     engines: list[str] = field(default_factory=lambda: ["hybrid", "llama.cpp", "transformers"])

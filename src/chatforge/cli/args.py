@@ -16,7 +16,10 @@ from chatforge.engines.select import GGUF_QUANTIZE, QUANTIZE, REMOTE_OPTIONS, no
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", default="default", help="'default' (embedded), a model directory or a .gguf file"
+        "--model",
+        default="default",
+        help="'default' (the embedded Qwen2.5-Coder-0.5B), another embedded model's name "
+        "(chatforge model list: qwen2.5-coder-1.5b-instruct or 1.5b), a model directory or a .gguf file",
     )
     g.add_argument("--adapter", default=None, help="a LoRA/AdaLoRA/P-Tuning v2 adapter directory to attach")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")

@@ -16,7 +16,11 @@ from chatforge.engines.select import GGUF_QUANTIZE
 def add_bench_command(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark engines against plain transformers and llama.cpp")
     defaults = BenchOptions()
-    p.add_argument("--model", default=defaults.model)
+    p.add_argument(
+        "--model",
+        default=defaults.model,
+        help="'default', another embedded model's name (e.g. qwen2.5-coder-1.5b-instruct), or a path",
+    )
     p.add_argument(
         "--quantize", default=None, choices=GGUF_QUANTIZE, help="re-quantize the GGUF for llama.cpp"
     )

@@ -8,7 +8,7 @@
   a device map is given, or the device is a GPU (its kernels beat llama.cpp's CPU path
   there, and adapters/training need the torch module);
 * ``hybrid`` on a CPU with bf16 matrix units (AMX or AVX512-BF16) when the model is a
-  GGUF file whose Hugging Face weights are at hand (the embedded default, or
+  GGUF file whose Hugging Face weights are at hand (an embedded model, or
   ``prefill_model`` given): llama.cpp's decode with transformers' bf16 prefill
   (:mod:`chatforge.engines.hybrid`), the fastest at both;
 * ``llama.cpp`` on other CPUs when the model exists as a GGUF file and llama-cpp-python
@@ -32,7 +32,15 @@ from typing import Any
 
 from chatforge.engines.amx import preferred_gguf
 from chatforge.llama_lib import import_llama_cpp
-from chatforge.models.embedded import DEFAULT, assemble_gguf, cache_dir, ensure_hf_dir, file_key
+from chatforge.models.embedded import (
+    assemble_gguf,
+    cache_dir,
+    ensure_hf_dir,
+    file_key,
+    find_embedded,
+    gguf_path,
+    is_converted,
+)
 from chatforge.models.gguf.export import REQUANTIZE_TYPES, requantized
 from chatforge.tokenizer import Tokenizer
 
@@ -66,11 +74,12 @@ def normalise_engine(engine: str | None) -> str:
 
 
 def gguf_for(ref: str | Path) -> Path | None:
-    """The GGUF file a reference stands for, if there is one (without assembling anything)."""
-    text = str(ref)
-    if text == "default":
-        return Path("default")  # assembled from the installed packages on demand
-    path = Path(text).expanduser()
+    """The GGUF file a reference stands for, if there is one (without assembling anything:
+    an embedded model's file is assembled from its packages on demand, by :func:`resolve_gguf`)."""
+    spec = find_embedded(ref)
+    if spec is not None:
+        return gguf_path(spec)
+    path = Path(str(ref)).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return path
     if path.is_dir() and not (path / "config.json").exists():
@@ -136,7 +145,7 @@ def hybrid_fits(ref: str | Path, prefill_model: str | Path | None = None) -> boo
     """Whether the hybrid engine is the fastest here: bf16 matrix units and HF weights at hand."""
     from chatforge.models.device import cpu_has_bf16  # PyTorch
 
-    return cpu_has_bf16() and (prefill_model is not None or str(ref) == "default")
+    return cpu_has_bf16() and (prefill_model is not None or find_embedded(ref) is not None)
 
 
 def prefill_weights(ref: str | Path, prefill_model: str | Path | None) -> Path:
@@ -146,8 +155,9 @@ def prefill_weights(ref: str | Path, prefill_model: str | Path | None) -> Path:
         if not (path / "config.json").exists():
             raise ValueError(f"--prefill-model {path} is not a Hugging Face model directory (no config.json)")
         return path
-    if str(ref) == "default":
-        return ensure_hf_dir(DEFAULT)
+    spec = find_embedded(ref)
+    if spec is not None:
+        return ensure_hf_dir(spec)
     raise ValueError(
         f"engine 'hybrid' needs {str(ref)!r}'s weights as a Hugging Face directory for its prefill: "
         "pass --prefill-model DIR (the same model, unquantized), or use --engine llama.cpp"
@@ -215,7 +225,7 @@ def build_engine(
 
 
 def resolve_gguf(ref: str | Path, quantize: str | None = None) -> Path:
-    """The GGUF file of ``ref`` (the default model assembled on first use), re-quantized
+    """The GGUF file of ``ref`` (an embedded model assembled on first use), re-quantized
     when ``quantize`` names a GGUF weight type; else, where llama.cpp's AMX path is asked for
     and works, with its Q5_0 matrices as Q8_0, the same weights (:func:`chatforge.engines.amx.preferred_gguf`)."""
     gguf = gguf_for(ref)
@@ -224,8 +234,9 @@ def resolve_gguf(ref: str | Path, quantize: str | None = None) -> Path:
             f"the llama.cpp engine needs a .gguf file and {str(ref)!r} is not one; "
             "pass a .gguf file or use --engine transformers"
         )
-    if str(gguf) == "default":
-        gguf = assemble_gguf(DEFAULT)
+    spec = find_embedded(ref)
+    if spec is not None:
+        gguf = assemble_gguf(spec)
     if quantize is None:
         return preferred_gguf(gguf)
 
@@ -237,8 +248,13 @@ def load_tokenizer(ref: str | Path) -> tuple[Any, str]:
     from transformers import AutoTokenizer
 
     text = str(ref)
-    if text == "default":
-        return AutoTokenizer.from_pretrained(ensure_hf_dir(DEFAULT), local_files_only=True), DEFAULT.name
+    spec = find_embedded(ref)
+    if spec is not None:
+        # The converted directory's tokenizer was read from the same GGUF: either will do, and
+        # the llama.cpp engine should not need the conversion.
+        if is_converted(spec):
+            return AutoTokenizer.from_pretrained(ensure_hf_dir(spec), local_files_only=True), spec.name
+        return gguf_tokenizer(assemble_gguf(spec)), spec.name
     path = Path(text).expanduser()
     gguf = gguf_for(path)
     if gguf is not None:
@@ -246,7 +262,8 @@ def load_tokenizer(ref: str | Path) -> tuple[Any, str]:
     if path.is_dir():
         return AutoTokenizer.from_pretrained(path, local_files_only=True), path.name
     raise FileNotFoundError(
-        f"no tokenizer at {text!r}: pass 'default', a model or tokenizer directory, or a .gguf file"
+        f"no tokenizer at {text!r}: pass 'default', an embedded model's name, a model or tokenizer "
+        "directory, or a .gguf file"
     )
 
 

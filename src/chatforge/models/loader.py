@@ -1,6 +1,6 @@
-"""Resolving a model reference and loading it: ``default`` (the embedded model), a local
-Hugging Face directory, a GGUF file, or a ChatGLM checkpoint. Nothing is ever fetched
-from a model hub."""
+"""Resolving a model reference and loading it: an embedded model (``default`` or a name
+from :data:`chatforge.models.embedded.EMBEDDED`), a local Hugging Face directory, a GGUF
+file, or a ChatGLM checkpoint. Nothing is ever fetched from a model hub."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from chatforge.models.chatglm.adapters import (
 )
 from chatforge.models.chatglm.convert import load_chatglm
 from chatforge.models.device import resolve_device, resolve_dtype
-from chatforge.models.embedded import DEFAULT, cache_dir, ensure_hf_dir
+from chatforge.models.embedded import cache_dir, ensure_hf_dir, find_embedded
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class ModelSource:
 def resolve(ref: str | Path) -> ModelSource:
     """Where a model reference points, checked before anything heavy is loaded."""
     text = str(ref)
-    if text == "default":
-        return ModelSource("hf", ensure_hf_dir(DEFAULT), DEFAULT.name)
+    spec = find_embedded(text)
+    if spec is not None:
+        return ModelSource("hf", ensure_hf_dir(spec), spec.name)
     path = Path(text).expanduser()
     if not path.exists():
         hint = ""
@@ -51,7 +52,8 @@ def resolve(ref: str | Path) -> ModelSource:
                 "Copy the model to this machine and pass its directory."
             )
         raise ModelNotFoundError(
-            f"no model at {text!r}: expected 'default', a local model directory or a .gguf file.{hint}"
+            f"no model at {text!r}: expected 'default', an embedded model's name (chatforge model list), "
+            f"a local model directory or a .gguf file.{hint}"
         )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -118,7 +120,9 @@ def prepare_adapter(adapter: str | Path, source: ModelSource) -> Path:
     stamp = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "converted-adapters" / f"{path.name}-{stamp}"
     if not (target / "adapter_config.json").exists():
-        convert = convert_chatglm_adapter if (path / "adapter_config.json").exists() else convert_chatglm_ptuning
+        convert = (
+            convert_chatglm_adapter if (path / "adapter_config.json").exists() else convert_chatglm_ptuning
+        )
         log.info("mapping ChatGLM-layout adapter %s onto the converted model", path)
         convert(path, target, source.path)
     return target

@@ -170,7 +170,7 @@ def model_bytes(config: TrainConfig, model: Any) -> int:
         return path.stat().st_size
     if path.is_dir():
         return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf"))
-    return 0  # 'default' and unresolvable references: the loader reports those
+    return 0  # embedded models' names ('default') and unresolvable references: the loader reports those
 
 
 def resume_path(resume_from: str, out: Path) -> str | None:

@@ -37,7 +37,9 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     """The model to fine-tune."""
 
-    name_or_path: str = _f("default", "'default' (embedded), a local model directory or a .gguf file")
+    name_or_path: str = _f(
+        "default", "'default' or another embedded model's name, a local model directory or a .gguf file"
+    )
     template: str = _f("auto", "chat template: auto, hf, chatml, chatglm3, react")
     dtype: str = _f("auto", "weights dtype: auto (bf16 where fast), float32, bfloat16, float16")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from chatforge.models.device import DTYPES
-from chatforge.models.embedded import DEFAULT, assemble_gguf
+from chatforge.models.embedded import assemble_gguf, find_embedded
 from chatforge.models.gguf.export import GGUF_TYPES, write_gguf
 from chatforge.models.loader import load_weights, resolve
 from chatforge.train.checkpoints import TRAIN_INFO
@@ -120,8 +120,9 @@ def _gguf_template(given: str | Path | None, base_ref: str | None) -> Path:
         if not path.is_file() or path.suffix.lower() != ".gguf":
             raise ExportError(f"--gguf-template {path}: not a .gguf file")
         return path
-    if base_ref == "default":
-        return assemble_gguf(DEFAULT)
+    spec = find_embedded(base_ref) if base_ref else None
+    if spec is not None:
+        return assemble_gguf(spec)
     if base_ref:
         path = Path(base_ref).expanduser()
         if path.is_file() and path.suffix.lower() == ".gguf":
