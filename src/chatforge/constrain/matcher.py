@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,11 @@ from chatforge.constrain.grammars import GrammarError
 
 _lock = threading.Lock()
 _views: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+# Compiled grammars, copied for each reply: compiling one with a few tool schemas takes tens
+# of milliseconds, a copy microseconds, and an agent or a client sends the same tools again
+# and again.
+_compiled: OrderedDict[tuple[int, str], Any] = OrderedDict()
+COMPILED_KEPT = 64
 
 
 def grammar_tokenizer(tokenizer: Any, end_ids: list[int]) -> Any:
@@ -53,9 +59,22 @@ class Constraint:
         import llguidance
 
         self._end_ids = frozenset(end_ids)
-        self._matcher = llguidance.LLMatcher(view, grammar, log_level=0)
-        if self._matcher.is_error():
-            raise GrammarError(self._matcher.get_error())
+        key = (id(view), grammar)
+        with _lock:
+            owner, compiled = _compiled.get(key, (None, None))
+            if owner is view:  # (the key's id could be a freed view's)
+                _compiled.move_to_end(key)
+            else:
+                compiled = None
+        if compiled is None:
+            compiled = llguidance.LLMatcher(view, grammar, log_level=0)
+            if compiled.is_error():
+                raise GrammarError(compiled.get_error())
+            with _lock:
+                _compiled[key] = (view, compiled)
+                while len(_compiled) > COMPILED_KEPT:
+                    _compiled.popitem(last=False)
+        self._matcher = compiled.deep_copy()
         self._mask = np.zeros((view.vocab_size + 31) // 32, dtype=np.int32)
 
     def allows(self, token: int) -> bool:
