@@ -23,7 +23,7 @@ Needs ``bfcl-eval`` installed without its dependencies (``make test`` does it):
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -171,17 +171,26 @@ def run_bfcl(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     return runs, sections
 
 
-def load_suite() -> Any | None:
-    """``agent_suite`` from this script's directory, or None when it is not there."""
-    if not (HERE / "agent_suite.py").exists():
+def load_suite(directory: Path = HERE) -> Any | None:
+    """``agent_suite.py`` from ``directory`` (this script's), or None when it is not there."""
+    path = directory / "agent_suite.py"
+    if not path.exists():
         return None
-    return importlib.import_module("agent_suite")
+    spec = importlib.util.spec_from_file_location("agent_suite", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["agent_suite"] = module  # for dataclasses and pickling, which look modules up by name
+    spec.loader.exec_module(module)
+    return module
 
 
-def run_suite_part(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[str]]:
-    suite = load_suite()
+def run_suite_part(
+    args: argparse.Namespace, directory: Path = HERE
+) -> tuple[dict[str, Any] | None, list[str]]:
+    suite = load_suite(directory)
     if suite is None:
-        message = f"agent task suite: {HERE / 'agent_suite.py'} is not there yet; the suite part did not run"
+        message = (
+            f"agent task suite: {directory / 'agent_suite.py'} is not there yet; the suite part did not run"
+        )
         if args.part == "suite":
             raise SystemExit(message)
         print(f"note: {message}", file=sys.stderr)

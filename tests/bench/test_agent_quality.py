@@ -221,3 +221,14 @@ def test_the_script_runs_bfcl_through_the_real_server_and_scores_with_bfcl(tmp_p
         assert summary[category]["passed"] == passed and summary[category]["total"] == 2
         assert re.search(rf"\| {category} \| {passed}/2 \| ", done.stdout)
     assert f"every sample: {out}" in done.stdout
+
+
+def test_the_suite_part_says_so_when_agent_suite_is_missing(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "agent_suite", raising=False)  # put back as it was afterwards
+    assert agent_quality.load_suite(tmp_path) is None
+    with pytest.raises(SystemExit, match="agent_suite.py is not there yet"):
+        agent_quality.run_suite_part(agent_quality.parse_args(["--part", "suite"]), tmp_path)
+    result, (section,) = agent_quality.run_suite_part(agent_quality.parse_args(["--part", "all"]), tmp_path)
+    assert result is None and "is not there yet" in section
+    (tmp_path / "agent_suite.py").write_text("def run_suite(model, tasks=None):\n    return {'tasks': []}\n")
+    assert agent_quality.load_suite(tmp_path).run_suite(None) == {"tasks": []}
