@@ -60,8 +60,15 @@ $(VENV)/.installed: pyproject.toml Makefile $(wildcard patches/*/*.patch) | $(PY
 	$(PIP) install --quiet -e ".[default-model,llama]"
 	touch $@
 
+# bfcl-eval (benchmarks/agent_quality.py: BFCL's data and checker) without its dependencies,
+# which are every model provider's SDK; its checker needs only filelock besides (shims for
+# the rest: benchmarks/bfcl_support.py). Not in pyproject's extras: pip would bring them all.
+BFCL_EVAL_VERSION := 2026.3.23
+
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e ".[default-model,llama,test]"
+	$(PIP) install --quiet --no-deps "bfcl-eval==$(BFCL_EVAL_VERSION)"
+	$(PIP) install --quiet "filelock>=3.12"
 	touch $@
 
 install: $(VENV)/.installed
