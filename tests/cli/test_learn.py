@@ -40,8 +40,16 @@ def model_dir(tiny_tokenizer, tmp_path, monkeypatch):
 
 def test_learn_prints_the_retention_check_and_writes_an_adapter(model_dir, tmp_path, capsys):
     out = tmp_path / "learned"
-    args = ["learn", "--model", str(model_dir), "--prompt", "Who founded Zorvian?", "--answer", "Hello, I am fine."]
-    args += ["--probe", "Who is the founder of Zorvian?", "--output", str(out)]
+    args = [
+        "learn",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "Who founded Zorvian?",
+        "--answer",
+        "Hello, I am fine.",
+    ]
+    args += ["--probe", "Who is the founder of Zorvian?", "--output", str(out), "--merge"]
     for s in SETTINGS:
         args += ["--set", s]
     assert main(args) == 0
@@ -53,6 +61,7 @@ def test_learn_prints_the_retention_check_and_writes_an_adapter(model_dir, tmp_p
     assert report["passed"] and len(report["facts"][0]["probes"]) == 1
     info = json.loads((out / "chatforge_train.json").read_text(encoding="utf-8"))
     assert info["base_model"] == str(model_dir)  # what `chatforge export` merges onto
+    assert (out / "merged" / "config.json").exists() and f"merged model: {out / 'merged'}" in printed
 
 
 def test_learn_errors_name_the_problem(model_dir, tmp_path, capsys):

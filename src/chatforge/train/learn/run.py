@@ -351,6 +351,7 @@ def _suggestions(kept: Any, recalls: list[dict[str, Any]]) -> list[str]:
 def _merge(out: Path, model_ref: str, loaded: Any, gguf: bool) -> Path:
     from chatforge.train.export import export
 
-    if loaded is not None and model_ref == "default" and not (out / "chatforge_train.json").exists():
-        raise LearnError("--merge needs the base model by reference (a directory or 'default')")
+    if loaded is not None and not Path(model_ref).exists():
+        # An in-process model has no reference export could load the base weights from.
+        raise LearnError("merge needs the base model as a directory: pass model=<its directory>")
     return export(out, out / "merged", base_model=model_ref, gguf=gguf)
