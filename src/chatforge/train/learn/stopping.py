@@ -1,10 +1,10 @@
 """When learning stops: once the facts are reproduced and the controls look kept.
 
 Every ``check_every`` optimiser steps (from ``min_steps`` on) :class:`StopWhenLearned`
-runs two teacher-forced forward passes in float32 (:func:`~.answers.reproduces` and a
-token agreement): does greedy decoding now give each fact's training answer, and does the
-tuned model still predict the base model's control answers token for token (a control
-counts when at least ``min_rouge_l`` % of its tokens are the base's arg-max)? Training
+runs two teacher-forced forward passes in float32 (:func:`~.answers.reproduces` and
+:func:`agreement`): does greedy decoding now give each fact's training answer, and would it
+still give the base model's control answers (a control counts when its first
+``min_rouge_l`` % of tokens come back unchanged)? Training
 stops when both hold; ``training.max_steps`` is only the cap. The final verdict is the
 generated retention check afterwards, not this estimate.
 
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def agreement(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
-    """For each ``(prompt ids, answer ids)``: the share of answer tokens that are the model's
-    arg-max after the answer's own prefix (teacher forcing)."""
+    """For each ``(prompt ids, answer ids)``: the share of the answer that greedy decoding
+    would reproduce before its first different token (teacher forcing). After that token a
+    generated answer goes its own way, so a later match says nothing about it."""
     if not pairs:
         return []
     device = next(model.parameters()).device
@@ -42,7 +43,8 @@ def agreement(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) ->
     shares = []
     for (prompt, answer), row in zip(pairs, predicted, strict=True):
         got = row[len(prompt) - 1 : len(prompt) - 1 + len(answer)]
-        shares.append(sum(a == b for a, b in zip(got, answer, strict=True)) / max(1, len(answer)))
+        first = next((i for i, (a, b) in enumerate(zip(got, answer, strict=True)) if a != b), len(answer))
+        shares.append(first / max(1, len(answer)))
     return shares
 
 
@@ -71,14 +73,17 @@ class StopWhenLearned(TrainerCallback):
         step = state.global_step
         if step < self.min_steps or step % self.check_every:
             return
-        was_training = model.training
-        model.eval()
+        # The Trainer's model has its forward wrapped in mixed-precision autocast (bf16);
+        # the wrapped module inside runs in float32, as the final retention check does.
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        was_training = inner.training
+        inner.eval()
         try:
-            reproduced = reproduces(model, self.template, self.facts)
+            reproduced = reproduces(inner, self.template, self.facts)
             pad = self.template.tokenizer.pad_token_id
-            shares = agreement(model, self.controls, int(pad if pad is not None else 0))
+            shares = agreement(inner, self.controls, int(pad if pad is not None else 0))
         finally:
-            model.train(was_training)
+            inner.train(was_training)
         kept = sum(s >= self.min_agreement for s in shares)
         row = {"step": step, "facts_reproduced": sum(reproduced), "facts": len(reproduced),
                "controls_agreeing": kept, "controls": len(shares)}  # fmt: skip
