@@ -1,8 +1,8 @@
 """chatforge: run, extend and fine-tune a local chat LLM on your own machine, offline.
 
-    >>> import chatforge
-    >>> model = chatforge.load_model("default")
-    >>> response, history = model.chat("你好", history=[])
+>>> import chatforge
+>>> model = chatforge.load_model("default")
+>>> response, history = model.chat("你好", history=[])
 """
 
 from chatforge.chat import ChatModel, ChatSession, ReplyEvent, load_model
@@ -21,7 +21,12 @@ def __getattr__(name: str):
         from chatforge import agent
 
         return getattr(agent, name)
+    if name == "learn":  # torch, transformers and peft's training side: only when asked for
+        from chatforge.train.learn import learn
+
+        return learn
     raise AttributeError(f"module 'chatforge' has no attribute {name!r}")
+
 
 __all__ = [
     "Agent",
@@ -38,5 +43,6 @@ __all__ = [
     "Role",
     "SamplingParams",
     "ToolCall",
+    "learn",
     "load_model",
 ]

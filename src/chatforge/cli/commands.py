@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from chatforge.cli import bench, chat, convert, logs, model, serve, train
+from chatforge.cli import bench, chat, convert, learn, logs, model, serve, train
 from chatforge.train.allocator import jemalloc_loaded, reexec_with_jemalloc
 
 log = logging.getLogger("chatforge")
@@ -26,6 +26,7 @@ COMMANDS: dict[str, Callable[[Any], Any]] = {
     "serve": serve.add_serve_command,
     "convert": convert.add_convert_command,
     "train": train.add_train_command,
+    "learn": learn.add_learn_command,
     "eval": train.add_eval_command,
     "export": train.add_export_command,
     "data": train.add_data_command,
@@ -53,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None and getattr(args, "command", None) == "train":
+    if argv is None and getattr(args, "command", None) in ("train", "learn"):
         # A real command line (not a caller's argv): worth restarting under jemalloc.
         reexec_with_jemalloc(["-m", "chatforge.cli", *sys.argv[1:]])
     logs.configure(args.verbose, quiet=getattr(args, "quiet_logs", False))
-    if getattr(args, "command", None) == "train" and jemalloc_loaded():
+    if getattr(args, "command", None) in ("train", "learn") and jemalloc_loaded():
         log.info("memory allocator: jemalloc (CHATFORGE_JEMALLOC=0 keeps glibc's)")
     try:
         handler = getattr(args, "handler", None) or args.func

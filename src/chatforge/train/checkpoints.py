@@ -244,10 +244,14 @@ def check_weights(directory: Path) -> None:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise EmptyWeightsError(f"{directory}: no weights were written (no *.safetensors file)")
+    # AdaLoRA's budget may prune a matrix to rank 0: its factors are empty by design.
+    pruned = _adalora_rank_pattern(directory)
     for file in files:
         with safe_open(file, framework="pt") as f:
             names = list(f.keys())
             empty = [n for n in names if math.prod(f.get_slice(n).get_shape()) == 0]
+        if pruned and len(empty) < len(names):
+            empty = []
         if not names or empty:
             what = (
                 f"{len(empty)} of its {len(names)} tensors are empty ({empty[0]}, ...)"
@@ -260,3 +264,12 @@ def check_weights(directory: Path) -> None:
                 "(stage3_gather_16bit_weights_on_model_save in a DeepSpeed JSON); the checkpoints "
                 "are intact"
             )
+
+
+def _adalora_rank_pattern(directory: Path) -> bool:
+    """Whether ``directory`` holds an AdaLoRA adapter saved with a rank pattern."""
+    try:
+        config = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return str(config.get("peft_type", "")).upper() == "ADALORA" and bool(config.get("rank_pattern"))

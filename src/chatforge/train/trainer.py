@@ -56,7 +56,7 @@ from chatforge.train.dataset import (
     sanity_table,
 )
 from chatforge.train.kl import KLTrainer
-from chatforge.train.methods import apply_method, indistinct_output_rows
+from chatforge.train.methods import apply_method, indistinct_output_rows, is_peft
 from chatforge.train.plot import plot_loss
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,8 @@ def train(
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Fine-tune as ``config`` says. ``model``/``tokenizer`` may be given (tests, notebooks);
-    otherwise ``config.model.name_or_path`` is loaded."""
+    otherwise ``config.model.name_or_path`` is loaded. A given PEFT model (an adapter loaded
+    trainable) keeps training its adapter instead of getting a new one."""
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     t, d = config.training, config.data
@@ -199,10 +200,16 @@ def train(
     world = env.world_size()
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * world * t.gradient_accumulation_steps))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.num_epochs)
+    # A model given with a trainable adapter already attached keeps training that adapter
+    # (``chatforge learn --into``): its ranks stay as they are, so AdaLoRA's budget is not rerun.
+    continuing = is_peft(model)
     model.config.use_cache = False  # training: no KV cache (also lets packed positions build the mask)
-    if config.method.name in ("lora", "adalora", "qlora"):
-        warn_indistinct_tokens(model, tokenizer, train_ds, config.lora.trainable_tokens)
-    model = apply_method(model, config.method.name, config.lora, config.ptuning, total_steps, tokenizer)
+    if continuing:
+        log.info("continuing the adapter already attached to the model")
+    else:
+        if config.method.name in ("lora", "adalora", "qlora"):
+            warn_indistinct_tokens(model, tokenizer, train_ds, config.lora.trainable_tokens)
+        model = apply_method(model, config.method.name, config.lora, config.ptuning, total_steps, tokenizer)
 
     evaluating = eval_ds is not None
     eval_strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
@@ -245,7 +252,7 @@ def train(
     cbs = [MetricsLog(out / METRICS), CheckpointMarker(out), *(callbacks or [])]
     if evaluating and t.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    if config.method.name == "adalora":
+    if config.method.name == "adalora" and not continuing:
         cbs.append(AdaLoraBudget())
     trainer_class: Any = Trainer
     extra: dict[str, Any] = {}

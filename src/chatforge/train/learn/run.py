@@ -1,0 +1,357 @@
+"""``learn``: teach a model facts with ``chatforge train``'s machinery, then check what it kept.
+
+One run: read and check the facts → load the base model in float32 → its answers to the
+built-in replay and control sets (cached by model fingerprint) → training rows (each
+new fact repeated, earlier facts of ``into`` rehearsed) and replay rows under the KL term →
+:func:`~chatforge.train.trainer.train` with :class:`~.stopping.StopWhenLearned` → greedy
+float32 answers of the tuned model to the controls, the facts' prompts and the probes →
+the report.
+
+Everything is written to a hidden staging directory beside ``output`` and renamed into
+place at the end, so a failed run (a full disk included) leaves nothing half-written and
+an existing directory is never overwritten. When the checks pass, ``output`` is the
+adapter (``chatforge chat --adapter OUTPUT``); when they fail, the adapter is kept aside in
+``output/rejected/`` and the report says what to try.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatforge.models.loader import load_weights, resolve
+from chatforge.templates import Template, get_template
+from chatforge.train.checkpoints import GIB, check_output_dir
+from chatforge.train.learn.answers import greedy, prompt_ids, reproduces
+from chatforge.train.learn.config import LearnConfig, load_learn_config
+from chatforge.train.learn.facts import (
+    Fact,
+    LearnInputError,
+    check_facts,
+    fact_from_record,
+    fact_from_sentence,
+    probe_from,
+    read_facts,
+)
+from chatforge.train.learn.retention import recall, retention
+from chatforge.train.learn.sets import base_answers, builtin_set, fingerprint, normalise
+from chatforge.train.learn.stopping import StopWhenLearned
+from chatforge.train.trainer import train
+
+log = logging.getLogger(__name__)
+
+LEARNED = "learned.json"  # the facts an adapter holds and the base model it was learned on
+REPORT = "learn_report.json"
+REJECTED = "rejected"
+
+
+class LearnError(RuntimeError):
+    """A run cannot start or finish as asked; the text says what to do."""
+
+
+@dataclass
+class LearnResult:
+    passed: bool
+    output: Path
+    adapter: Path | None  # ``output`` when the checks passed
+    report: dict[str, Any] = field(default_factory=dict)
+    merged: Path | None = None
+
+
+# -- the facts to learn --------------------------------------------------------------------------
+def collect_facts(
+    prompt: str | None,
+    answer: str | None,
+    fact: str | None,
+    file: str | Path | None,
+    facts: list[dict[str, Any]] | None,
+    paraphrases: list[str],
+    probes: list[Any],
+    keywords: list[str],
+) -> list[Fact]:
+    found: list[Fact] = []
+    if prompt is not None or answer is not None:
+        if prompt is None or answer is None:
+            missing = "--answer" if answer is None else "--prompt"
+            raise LearnInputError(
+                f"{missing} is missing: a question/answer fact needs both --prompt and --answer"
+            )
+        found.append(fact_from_record({"prompt": prompt, "answer": answer}, "--prompt/--answer"))
+    if fact is not None:
+        found.append(fact_from_sentence(fact))
+    if (paraphrases or probes or keywords) and len(found) != 1:
+        raise LearnInputError(
+            "--paraphrase, --probe and --keyword go with one --prompt/--answer or one --fact"
+        )
+    if found:
+        one = found[0]
+        one.paraphrases += [p.strip() for p in paraphrases]
+        one.probes += [probe_from(p, f"{one.where}: --probe") for p in probes]
+        one.keywords = list(keywords)
+        for p in one.paraphrases:
+            if not p:
+                raise LearnInputError(f"{one.where}: a --paraphrase is empty")
+    if file is not None:
+        found += read_facts(file)
+    for i, raw in enumerate(facts or []):
+        found.append(fact_from_record(raw, f"facts[{i}]"))
+    return found
+
+
+# -- the adapter to add to -------------------------------------------------------------------------
+def read_learned(adapter: Path) -> dict[str, Any]:
+    if not (adapter / "adapter_config.json").exists():
+        raise LearnError(f"--into {adapter}: not an adapter directory (no adapter_config.json)")
+    path = adapter / LEARNED
+    if not path.exists():
+        raise LearnError(
+            f"--into {adapter}: not an adapter made by chatforge learn (no {LEARNED}), so its facts "
+            "cannot be re-checked; learn into a new --output instead"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def learn(
+    prompt: str | None = None,
+    answer: str | None = None,
+    *,
+    fact: str | None = None,
+    file: str | Path | None = None,
+    facts: list[dict[str, Any]] | None = None,
+    paraphrases: list[str] = (),  # type: ignore[assignment]
+    probes: list[Any] = (),  # type: ignore[assignment]
+    keywords: list[str] = (),  # type: ignore[assignment]
+    model: str = "default",
+    into: str | Path | None = None,
+    output: str | Path | None = None,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    merge: bool = False,
+    gguf: bool = False,
+    loaded: tuple[Any, Any] | None = None,
+) -> LearnResult:
+    """Teach ``model`` the given facts; see the module docstring. ``loaded`` is an already
+    loaded ``(model, tokenizer)`` (tests, notebooks); ``model`` then only names it."""
+    started = time.perf_counter()
+    cfg = load_learn_config(config, overrides)
+    new_facts = collect_facts(
+        prompt, answer, fact, file, facts, list(paraphrases), list(probes), list(keywords)
+    )
+    controls = builtin_set("controls")
+    out = Path(output) if output else Path("runs/learn") / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LearnError(
+            f"--output {out} already exists; choose a new directory (learn never overwrites one)"
+        )
+    earlier_info = read_learned(Path(into)) if into else None
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    min_free = float(cfg.train.get("training.min_free_gb", 0.2))
+    try:
+        check_output_dir(staging, int(min_free * GIB))  # a full disk fails here, before the slow load
+        result = _run(cfg, new_facts, controls.prompts, model, earlier_info, into, staging, loaded, started)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.output = out
+    result.adapter = out if result.passed else None
+    result.report["output"] = str(out)
+    if result.passed and merge:
+        result.merged = _merge(out, model, loaded, gguf)
+        result.report["merged"] = str(result.merged)
+    (out / REPORT).write_text(json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return result
+
+
+def _run(
+    cfg: LearnConfig,
+    new_facts: list[Fact],
+    controls: list[str],
+    model_ref: str,
+    earlier_info: dict[str, Any] | None,
+    into: str | Path | None,
+    staging: Path,
+    loaded: tuple[Any, Any] | None,
+    started: float,
+) -> LearnResult:
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    model, tokenizer = loaded if loaded else load_weights(resolve(model_ref), device="cpu", dtype="float32")
+    model = model.float().eval()  # float32: greedy answers that batching and padding do not change
+    template = get_template(str(cfg.train.get("model.template", "auto")), tokenizer)
+    seconds["load"] = time.perf_counter() - t
+
+    check_facts(new_facts, controls, tokenizer, cfg.learn.max_fact_tokens)
+    asked = {normalise(p) for f in new_facts for p in f.prompts}
+    earlier = [Fact.from_dict(f) for f in (earlier_info or {}).get("facts", [])]
+    replaced = [f for f in earlier if normalise(f.prompt) in asked]
+    earlier = [f for f in earlier if normalise(f.prompt) not in asked]
+    for f in replaced:
+        log.warning("the new answer to %r replaces the one learned earlier", f.prompt)
+
+    t = time.perf_counter()
+    model_hash = fingerprint(model, template)
+    if earlier_info and earlier_info.get("base_fingerprint") != model_hash:
+        raise LearnError(
+            f"--into {into}: that adapter was learned on another base model "
+            f"({earlier_info.get('base_model')!r}, fingerprint {earlier_info.get('base_fingerprint')}), "
+            f"not on {model_ref!r} (fingerprint {model_hash}); pass --model {earlier_info.get('base_model')} "
+            "or learn into a new --output"
+        )
+    replay, replay_s = base_answers(
+        model, template, builtin_set("replay"), model_hash, cfg.learn.replay_tokens
+    )
+    base_controls, control_s = base_answers(
+        model, template, builtin_set("controls"), model_hash, cfg.retention.max_new_tokens
+    )
+    seconds["base_answers"] = time.perf_counter() - t
+    generated_now = replay_s + control_s > 0
+
+    train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, asked, cfg)
+    train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config")
+    if into:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(into), is_trainable=True)
+    everything = earlier + new_facts
+    stopper = StopWhenLearned(
+        template,
+        [_answer_ids(template, p, f.answer) for f in everything for p in f.prompts],
+        [(prompt_ids(template, a.question), a.ids) for a in base_controls],
+        cfg.learn.check_every,
+        cfg.learn.min_steps,
+        cfg.retention.min_kept,
+        cfg.retention.min_rouge_l / 100,
+    )
+    t = time.perf_counter()
+    trained = train(train_cfg, model, tokenizer, base_model=model_ref, callbacks=[stopper])
+    seconds["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model.eval()
+    model.config.use_cache = True
+    n = cfg.retention.max_new_tokens
+    # Greedy decoding is the chain of arg-maxes, so a control whose base answer the tuned
+    # model still predicts token for token (one teacher-forced pass) would be generated
+    # unchanged: only the others are generated. Probes are always generated.
+    same = reproduces(model, template, [(prompt_ids(template, a.question), a.ids) for a in base_controls])
+    changed = [q for q, s in zip(controls, same, strict=True) if not s]
+    fresh = iter(a.text for a in greedy(model, template, changed, n)) if changed else iter(())
+    tuned_controls = [a.text if s else next(fresh) for a, s in zip(base_controls, same, strict=True)]
+    fact_pairs = [_answer_ids(template, f.prompt, f.answer) for f in everything]
+    exact = reproduces(model, template, fact_pairs)
+    asked_prompts = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
+    asked_prompts += [p.question for f in everything for p in f.probes]
+    generated = iter(a.text for a in greedy(model, template, asked_prompts, n)) if asked_prompts else iter(())
+    replies = [f.answer if e else next(generated) for f, e in zip(everything, exact, strict=True)]
+    replies += list(generated)
+    kept = retention(controls, [a.text for a in base_controls], tuned_controls, everything,
+                     cfg.retention.min_rouge_l, cfg.retention.min_kept, cfg.retention.max_leaked)  # fmt: skip
+    recalls, at = [], len(everything)
+    for i, f in enumerate(everything):
+        recalls.append(recall(f, replies[i], replies[at : at + len(f.probes)]))
+        at += len(f.probes)
+    seconds["retention_check"] = time.perf_counter() - t
+
+    passed = kept.passed and all(r["recalled"] for r in recalls)
+    info = {"version": 1, "base_model": model_ref, "base_fingerprint": model_hash,
+            "replay_set": builtin_set("replay").version, "control_set": builtin_set("controls").version,
+            "facts": [f.to_dict() for f in everything]}  # fmt: skip
+    final = staging / "train" / "final"
+    target = staging if passed else staging / REJECTED
+    target.mkdir(exist_ok=True)
+    for item in final.iterdir():
+        item.rename(target / item.name)
+    final.rmdir()
+    (target / LEARNED).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    seconds["total"] = time.perf_counter() - started
+    report = {
+        "passed": passed,
+        "verdict": _verdict(passed, kept, recalls),
+        "try": [] if passed else _suggestions(kept, recalls),
+        "adapter": None if passed else REJECTED,
+        "base_model": model_ref,
+        "base_fingerprint": model_hash,
+        "steps": trained.global_step,
+        "stopped_by": "criterion" if stopper.stopped_at else "training.max_steps",
+        "checks": stopper.history,
+        "losses": [round(x, 4) for x in trained.losses],
+        "facts": recalls[len(earlier) :],
+        "earlier_facts": recalls[: len(earlier)],
+        "retention": {**kept.summary(), "generated": len(changed), "answers": kept.rows},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "base_answers_generated": generated_now,
+        "config": cfg.to_dict(),
+    }
+    return LearnResult(passed, staging, staging if passed else None, report)
+
+
+def _answer_ids(template: Template, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, trained answer ids) of a fact as training renders it: the answer's
+    tokens and the end-of-turn token that greedy decoding must produce too."""
+    from chatforge.messages import Message, Role
+
+    r = template.render(
+        [Message(Role.USER, prompt), Message(Role.ASSISTANT, answer)], add_generation_prompt=False
+    )
+    trained = [i for i, m in enumerate(r.loss_mask) if m]
+    return r.ids[: trained[0]], r.ids[trained[0] : trained[-1] + 1]
+
+
+def _write_rows(
+    staging: Path, new: list[Fact], earlier: list[Fact], replay: list[Any], asked: set[str], cfg: LearnConfig
+) -> tuple[Path, Path]:
+    def dump(path: Path, pairs: list[tuple[str, str]]) -> Path:
+        rows = [json.dumps({"prompt": q, "response": a}, ensure_ascii=False) for q, a in pairs]
+        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        return path
+
+    rows = [(p, f.answer) for f in new for p in f.prompts] * cfg.learn.repeats
+    rows += [(p, f.answer) for f in earlier for p in f.prompts] * cfg.learn.earlier_repeats
+    earlier_asked = {normalise(p) for f in earlier for p in f.prompts}
+    # A replayed answer to a question the facts answer would pull the other way.
+    replayed = [(a.question, a.text) for a in replay if normalise(a.question) not in asked | earlier_asked]
+    return dump(staging / "facts.jsonl", rows), dump(staging / "replay.jsonl", replayed)
+
+
+def _verdict(passed: bool, kept: Any, recalls: list[dict[str, Any]]) -> str:
+    n = len(kept.rows)
+    missed = [r["prompt"] for r in recalls if not r["recalled"]]
+    text = f"controls kept {kept.kept}/{n} (identical {kept.identical}, leaked {kept.leaked})"
+    if passed:
+        return f"learned: every fact recalled; {text}"
+    reasons = []
+    if missed:
+        reasons.append(f"not recalled: {', '.join(repr(p) for p in missed)}")
+    if not kept.passed:
+        reasons.append(f"retention failed: {text}")
+    return "; ".join(reasons) or text
+
+
+def _suggestions(kept: Any, recalls: list[dict[str, Any]]) -> list[str]:
+    tips = []
+    if any(not r["recalled"] for r in recalls):
+        tips.append("train longer: --set training.max_steps=36 (or --set learn.repeats=12)")
+        tips.append("add paraphrases of the prompt (--paraphrase), so the fact is asked more than one way")
+    if kept.leaked:
+        tips.append("hold the rest closer to the base model: --set training.kl_to_base=40")
+    if not kept.passed:
+        tips.append("learn more gently: --set training.learning_rate=5e-3 with --set training.max_steps=36")
+        tips.append("fewer facts per adapter: start a new --output instead of --into")
+    return tips
+
+
+def _merge(out: Path, model_ref: str, loaded: Any, gguf: bool) -> Path:
+    from chatforge.train.export import export
+
+    if loaded is not None and not Path(model_ref).exists():
+        # An in-process model has no reference export could load the base weights from.
+        raise LearnError("merge needs the base model as a directory: pass model=<its directory>")
+    return export(out, out / "merged", base_model=model_ref, gguf=gguf)
