@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--constrain",
         choices=["on", "off", "both"],
         default="on",
-        help="constrained decoding on the server (passed as --constrain where serve has it)",
+        help="constrained decoding: on the server (passed as --constrain where serve has it) and "
+        "in the suite's load_model; both runs each part twice, on and off",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="chatforge serve --threads (default: its own, every core)"
@@ -197,16 +198,28 @@ def run_suite_part(
         return None, [f"#### Agent task suite\n\n{message}."]
     import chatforge
 
-    model = chatforge.load_model(args.model, engine=args.engine)
-    result = suite.run_suite(model)
-    lines = ["#### Agent task suite", "", "| mode | passed | accuracy |", "| --- | ---: | ---: |"]
+    modes = ["on", "off"] if args.constrain == "both" else [args.constrain]
+    results, sections = {}, []
+    for mode in modes:
+        model = chatforge.load_model(args.model, engine=args.engine, constrain=mode == "on")
+        try:
+            result = suite.run_suite(model)
+        finally:
+            model.engine.close()
+        results[f"constrain {mode}"] = result
+        sections.append(suite_table(f"constrain {mode}", result))
+    return results, sections
+
+
+def suite_table(label: str, result: dict[str, Any]) -> str:
+    lines = [f"#### Agent task suite ({label})", "", "| mode | passed | accuracy |", "| --- | ---: | ---: |"]
     for mode, (passed, total) in result["by_mode"].items():
         lines.append(f"| {mode} | {passed}/{total} | {_pct(passed, total)} |")
     lines += ["", "| task | mode | lang | passed | seconds |", "| --- | --- | --- | :---: | ---: |"]
     for task in result["tasks"]:
         mark = "yes" if task["passed"] else "no"
         lines.append(f"| {task['id']} | {task['mode']} | {task['lang']} | {mark} | {task['seconds']:.1f} |")
-    return result, ["\n".join(lines)]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
