@@ -56,8 +56,12 @@ CHATML_TEMPLATE = """
 """A ChatML template with tools, for tokenizers that carry none (and for tests)."""
 
 
-OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question in plain language, using this result."
-"""Appended to every tool result: small models otherwise tend to repeat the call instead of answering."""
+OBSERVATION_HINT = (
+    "This is the result of {name}. If it reports an error, correct the call and try again; "
+    "otherwise answer the user's question in plain language, using the values in this result."
+)
+"""Appended to every tool result: small models otherwise tend to repeat the call instead of
+answering, or answer as if a failed call had worked."""
 
 
 class HFTemplate(Template):
