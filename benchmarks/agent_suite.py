@@ -185,21 +185,86 @@ class Task:
 
 TASKS: list[Task] = [
     # -- code interpreter: arithmetic, dates, strings, statistics, plots
-    Task("fib30", "code", "en", "What is the 30th Fibonacci number, with F(1) = F(2) = 1?", number("832040"), "832040"),
-    Task("pow2_64", "code", "en", "What is 2 to the power of 64, exactly?", number("18446744073709551616"), "18446744073709551616"),
+    Task(
+        "fib30",
+        "code",
+        "en",
+        "What is the 30th Fibonacci number, with F(1) = F(2) = 1?",
+        number("832040"),
+        "832040",
+    ),
+    Task(
+        "pow2_64",
+        "code",
+        "en",
+        "What is 2 to the power of 64, exactly?",
+        number("18446744073709551616"),
+        "18446744073709551616",
+    ),
     Task("primes_sum", "code", "zh", "100 以内所有质数的和是多少？", number("1060"), "1060"),
     Task("weekday_2023", "code", "zh", "2023年10月1日是星期几？", weekday(6), "星期日 / Sunday"),
-    Task("days_between", "code", "en", "How many days are there from 2024-01-15 to 2024-12-25?", number("345"), "345"),
-    Task("date_plus_100", "code", "zh", "从2024年3月1日起往后100天是哪一天？", text("2024-06-09", "2024年6月9日", "6月9日"), "2024-06-09"),
-    Task("reverse_word", "code", "zh", "把字符串 'chatforge' 倒过来写是什么？", text("egroftahc"), "egroftahc"),
-    Task("count_r", "code", "en", "How many times does the letter 'r' appear in 'strawberry raspberry'?", number("6"), "6"),
+    Task(
+        "days_between",
+        "code",
+        "en",
+        "How many days are there from 2024-01-15 to 2024-12-25?",
+        number("345"),
+        "345",
+    ),
+    Task(
+        "date_plus_100",
+        "code",
+        "zh",
+        "从2024年3月1日起往后100天是哪一天？",
+        text("2024-06-09", "2024年6月9日", "6月9日"),
+        "2024-06-09",
+    ),
+    Task(
+        "reverse_word", "code", "zh", "把字符串 'chatforge' 倒过来写是什么？", text("egroftahc"), "egroftahc"
+    ),
+    Task(
+        "count_r",
+        "code",
+        "en",
+        "How many times does the letter 'r' appear in 'strawberry raspberry'?",
+        number("6"),
+        "6",
+    ),
     Task("median", "code", "zh", "数据 12, 7, 3, 21, 9, 14 的中位数是多少？", number("10.5"), "10.5"),
-    Task("mean", "code", "en", "What is the mean of 4.5, 8.2, 15.1, 16.3 and 23.9?", number("13.6", "0.005"), "13.6"),
+    Task(
+        "mean",
+        "code",
+        "en",
+        "What is the mean of 4.5, 8.2, 15.1, 16.3 and 23.9?",
+        number("13.6", "0.005"),
+        "13.6",
+    ),
     Task("digit_sum", "code", "zh", "2 的 100 次方的各位数字之和是多少？", number("115"), "115"),
-    Task("plot_parabola", "code", "en", "Plot y = x^2 for x from -5 to 5 and save the figure as parabola.png.", image_file("parabola.png"), "parabola.png, an image"),
-    Task("plot_bar", "code", "zh", "画一个柱状图：A、B、C 三类的数值分别是 3、7、5，保存为 bar.png。", image_file("bar.png"), "bar.png, an image"),
+    Task(
+        "plot_parabola",
+        "code",
+        "en",
+        "Plot y = x^2 for x from -5 to 5 and save the figure as parabola.png.",
+        image_file("parabola.png"),
+        "parabola.png, an image",
+    ),
+    Task(
+        "plot_bar",
+        "code",
+        "zh",
+        "画一个柱状图：A、B、C 三类的数值分别是 3、7、5，保存为 bar.png。",
+        image_file("bar.png"),
+        "bar.png, an image",
+    ),
     # -- built-in tools: calculator, unit conversion, current time
-    Task("calc_mul_add", "tools", "en", "What is 37 times 49 plus 12? Use the calculator.", number("1825"), "1825"),
+    Task(
+        "calc_mul_add",
+        "tools",
+        "en",
+        "What is 37 times 49 plus 12? Use the calculator.",
+        number("1825"),
+        "1825",
+    ),
     Task("calc_percent", "tools", "en", "What is 17.5% of 2480?", number("434"), "434"),
     Task("calc_product", "tools", "zh", "1234 乘以 5678 等于多少？", number("7006652"), "7006652"),
     Task("calc_mixed", "tools", "zh", "计算 (15.5 + 4.5) × 3 − 8 ÷ 2 的结果。", number("56"), "56"),
@@ -208,7 +273,14 @@ TASKS: list[Task] = [
     Task("fahrenheit", "tools", "zh", "100 华氏度等于多少摄氏度？", number("37.78", "0.01"), "37.78"),
     Task("kg_jin", "tools", "zh", "3.5 公斤是多少斤？", number("7"), "7"),
     Task("today_date", "tools", "en", "What is today's date?", today(), "today's date"),
-    Task("tokyo_time", "tools", "en", "What time is it in Tokyo right now?", clock("Asia/Tokyo"), "Tokyo time, HH:MM"),
+    Task(
+        "tokyo_time",
+        "tools",
+        "en",
+        "What time is it in Tokyo right now?",
+        clock("Asia/Tokyo"),
+        "Tokyo time, HH:MM",
+    ),
     Task("time_now_zh", "tools", "zh", "现在几点了？", clock(), "local time, HH:MM"),
     Task("weekday_today", "tools", "zh", "今天星期几？", weekday(today_weekday()), "today's weekday"),
 ]
@@ -221,8 +293,12 @@ def run_task(model: ChatModel, task: Task, interpreter: CodeInterpreter, **param
     """One task through a fresh `Agent` (its own kernel session for code tasks)."""
     tools = builtin_tools() if task.mode == "tools" else None
     agent = Agent(
-        model, tools, mode=task.mode, interpreter=interpreter if task.mode == "code" else None,
-        session_id=task.id, **params,
+        model,
+        tools,
+        mode=task.mode,
+        interpreter=interpreter if task.mode == "code" else None,
+        session_id=task.id,
+        **params,
     )
     started = datetime.now().astimezone()
     clock_start = time.perf_counter()
@@ -255,7 +331,10 @@ def run_task(model: ChatModel, task: Task, interpreter: CodeInterpreter, **param
 
 def _step(event: Any) -> dict[str, str]:
     if event.call is not None and event.kind == "tool_call":
-        return {"kind": "tool_call", "text": f"{event.call.name}({json.dumps(event.call.arguments, ensure_ascii=False)})"}
+        return {
+            "kind": "tool_call",
+            "text": f"{event.call.name}({json.dumps(event.call.arguments, ensure_ascii=False)})",
+        }
     return {"kind": str(event.kind), "text": event.text}
 
 
@@ -288,7 +367,9 @@ def print_table(report: dict[str, Any]) -> None:
         answer = " ".join(row["answer"].split())
         answer = answer if len(answer) <= 70 else answer[:69] + "…"
         mark = "yes" if row["passed"] else "NO"
-        print(f"{row['id']:<15} {row['mode']:<5} {row['lang']:<4} {mark:<4} {row['rounds']:>6} {row['seconds']:>6.1f}  {answer}")
+        print(
+            f"{row['id']:<15} {row['mode']:<5} {row['lang']:<4} {mark:<4} {row['rounds']:>6} {row['seconds']:>6.1f}  {answer}"
+        )
     parts = [f"{mode} {p}/{n}" for mode, (p, n) in report["by_mode"].items() if n]
     passed = sum(p for p, _ in report["by_mode"].values())
     total = sum(n for _, n in report["by_mode"].values())
@@ -297,7 +378,11 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default", help="model reference, as for chatforge chat (default: the embedded one)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model reference, as for chatforge chat (default: the embedded one)",
+    )
     p.add_argument("--engine", default="auto", help="engine: auto, llama.cpp, transformers, hybrid")
     p.add_argument("--threads", type=int, help="llama.cpp threads (fewer suit a busy machine)")
     p.add_argument("--mode", choices=("code", "tools"), help="only the tasks of this mode")

@@ -67,7 +67,12 @@ answering, or answer as if a failed call had worked."""
 class HFTemplate(Template):
     name = "hf"
 
-    def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None, observation_hint: str | None = OBSERVATION_HINT) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | None = None,
+        observation_hint: str | None = OBSERVATION_HINT,
+    ) -> None:
         super().__init__(tokenizer)
         self.observation_hint = observation_hint
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
