@@ -338,11 +338,17 @@ def _step(event: Any) -> dict[str, str]:
     return {"kind": str(event.kind), "text": event.text}
 
 
-def run_suite(model: ChatModel, tasks: list[Task] | None = None, **params: Any) -> dict[str, Any]:
+def run_suite(
+    model: ChatModel,
+    tasks: list[Task] | None = None,
+    on_task: Callable[[dict[str, Any]], None] | None = None,
+    **params: Any,
+) -> dict[str, Any]:
     """Run ``tasks`` (default: all of `TASKS`) greedily; per-task results and passes per mode.
 
     Returns ``{"tasks": [...], "by_mode": {"code": [passed, total], "tools": [passed, total]}}``.
-    ``params`` override the generation parameters (greedy, 512 new tokens at most).
+    ``on_task`` sees each task's result as it is done; ``params`` override the generation
+    parameters (greedy, 512 new tokens at most).
     """
     tasks = TASKS if tasks is None else tasks
     params = {"do_sample": False, "temperature": 0.0, "max_new_tokens": 512, **params}
@@ -351,6 +357,8 @@ def run_suite(model: ChatModel, tasks: list[Task] | None = None, **params: Any) 
         with CodeInterpreter(InterpreterConfig(root_dir=root)) as interpreter:
             for task in tasks:
                 results.append(run_task(model, task, interpreter, **params))
+                if on_task is not None:
+                    on_task(results[-1])
     by_mode: dict[str, list[int]] = {"code": [0, 0], "tools": [0, 0]}
     for row in results:
         by_mode[row["mode"]][0] += int(row["passed"])
@@ -401,7 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [t for t in tasks if t.id in wanted]
     options = {"n_threads": args.threads} if args.threads else None
     model = load_model(args.model, engine=args.engine, engine_options=options)
-    report = run_suite(model, tasks)
+
+    def progress(row: dict[str, Any]) -> None:
+        status = "pass" if row["passed"] else "FAIL"
+        print(f"  {row['id']}: {status} ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    report = run_suite(model, tasks, on_task=progress)
     report["model"], report["engine"] = args.model, model.engine.name
     print_table(report)
     if args.out:

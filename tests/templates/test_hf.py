@@ -162,4 +162,4 @@ def test_tool_results_carry_a_hint_naming_the_tool(tiny_tokenizer):
     # Small models otherwise repeat the call instead of answering; the hint is part of the
     # template, so training renders it exactly as serving does.
     text = HFTemplate(tiny_tokenizer).render_text(conversation(), TOOLS, add_generation_prompt=False)
-    assert "sunny\n\nThis is the result of get_weather. If it reports an error" in text
+    assert "sunny\n\nThis is the result of get_weather. Now answer" in text

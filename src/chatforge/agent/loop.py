@@ -173,6 +173,7 @@ class Agent:
         self._prelude_kernel: int | None = None  # the kernel that has run CODE_PRELUDE
         self._sources: list[str] = []  # what this query's answer may take numbers from
         self._failed: set[str] = set()  # calls and code that failed during this query
+        self._succeeded: set[str] = set()  # and those that worked
         self._executed = 0  # tool calls and code runs during this query
 
     # -- public -------------------------------------------------------------------
@@ -205,8 +206,8 @@ class Agent:
         if query is not None:
             self.messages.append(Message(Role.parse(role), self._with_files(query)))
             self._sources.append(query)
-        self._failed, self._executed = set(), 0
-        checked = False
+        self._failed, self._succeeded, self._executed = set(), set(), 0
+        checked_at = -1  # self._executed when an answer was last sent back
         params = {**self.params, **params}
         tools = self.registry.schemas() if self.mode == "tools" and len(self.registry) else None
         self.stats = GenerationStats()
@@ -235,10 +236,12 @@ class Agent:
             if code is not None:
                 yield from self._run_code(code)
                 continue
-            if not checked and round_number < self.max_rounds:
+            # An answer is sent back at most once per new result: without new evidence the
+            # model's second answer stands.
+            if checked_at < self._executed and round_number < self.max_rounds:
                 nudge = self._check_answer(reply.content, tools is not None)
                 if nudge is not None:
-                    checked = True  # once per query: the model's second answer stands
+                    checked_at = self._executed
                     self.messages.append(Message(Role.USER, nudge))
                     continue
             yield AgentEvent(EventKind.FINAL, text=reply.content, message=reply)
@@ -323,9 +326,16 @@ class Agent:
             if result.is_error:
                 content = self._tool_error(call, result)
             else:
-                content = result.content
-                self._sources.append(content)
+                content = result.content + self._repeat_note(f"{call.name}:{call.arguments_json()}")
+                self._sources.append(result.content)
             self.messages.append(self.model.template.observation_message(content, call.name, call.id))
+
+    def _repeat_note(self, key: str) -> str:
+        """For a call or code that already worked in this query: say so, and ask for the answer."""
+        if key not in self._succeeded:
+            self._succeeded.add(key)
+            return ""
+        return "\nThis is the same as a call that already worked: answer the user now, with its result."
 
     def _tool_error(self, call: ToolCall, result: ToolResult) -> str:
         """The observation for a failed call: what went wrong, and what a correct call takes."""
@@ -380,6 +390,7 @@ class Agent:
                 else "\nThe code failed: fix it and run it again."
             )
         else:
+            content += self._repeat_note(code.strip())
             self._sources.append(text)
         self.messages.append(
             self.model.template.observation_message(

@@ -56,12 +56,11 @@ CHATML_TEMPLATE = """
 """A ChatML template with tools, for tokenizers that carry none (and for tests)."""
 
 
-OBSERVATION_HINT = (
-    "This is the result of {name}. If it reports an error, correct the call and try again; "
-    "otherwise answer the user's question in plain language, using the values in this result."
-)
-"""Appended to every tool result: small models otherwise tend to repeat the call instead of
-answering, or answer as if a failed call had worked."""
+OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question in plain language, using this result."
+"""Appended to every tool result: small models otherwise tend to repeat the call instead of answering.
+(A conditional wording, "if it reports an error, correct the call...", made the default model
+repeat successful calls and echo them as JSON on the agent task suite; errors get their own
+instructions in the observation instead, from the agent loop.)"""
 
 
 class HFTemplate(Template):
