@@ -58,9 +58,8 @@ CHATML_TEMPLATE = """
 
 OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question in plain language, using this result."
 """Appended to every tool result: small models otherwise tend to repeat the call instead of answering.
-(A conditional wording, "if it reports an error, correct the call...", made the default model
-repeat successful calls and echo them as JSON on the agent task suite; errors get their own
-instructions in the observation instead, from the agent loop.)"""
+It stays unconditional: a failed call's observation carries its own instructions (the agent
+loop writes them), and hedged wordings here made small models repeat calls that had worked."""
 
 
 class HFTemplate(Template):
