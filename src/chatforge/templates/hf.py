@@ -56,7 +56,9 @@ CHATML_TEMPLATE = """
 """A ChatML template with tools, for tokenizers that carry none (and for tests)."""
 
 
-OBSERVATION_HINT = "This is the result of {name}. Now answer the user's question in plain language, using this result."
+OBSERVATION_HINT = (
+    "This is the result of {name}. Now answer the user's question in plain language, using this result."
+)
 """Appended to every tool result: small models otherwise tend to repeat the call instead of answering.
 It stays unconditional: a failed call's observation carries its own instructions (the agent
 loop writes them), and hedged wordings here made small models repeat calls that had worked."""
