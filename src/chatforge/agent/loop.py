@@ -15,8 +15,9 @@ shown as ``[Image]``.
 The loop also keeps answers grounded. A failed call or run comes back with what went
 wrong and what to do (the tool's parameters; "fix the code"), and a call repeated after
 failing the same way is pointed out. A final answer whose numbers appear in none of the
-query's sources (the question, the code run, the results; see `grounding`) gets one
-reply asking the model to compute it, or to use the result it has, before it stands.
+query's sources (the question, the code run, the results; see `grounding`) is sent back
+asking the model to compute it, or to use the result it has: once, and again only after
+new results.
 """
 
 from __future__ import annotations
