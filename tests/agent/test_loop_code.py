@@ -62,4 +62,36 @@ def test_uploaded_files_are_announced(tiny_tokenizer, interpreter):
 def test_numpy_and_pyplot_are_preimported(tiny_tokenizer, interpreter):
     model = scripted_model(tiny_tokenizer, ["```python\nprint(round(np.pi, 2), plt.__name__)\n```", "ok"])
     result = Agent(model, mode="code", interpreter=interpreter, session_id="prelude").run("pi?")
-    assert next(e for e in result.events if e.kind is EventKind.OUTPUT).text.strip() == "3.14 matplotlib.pyplot"
+    assert (
+        next(e for e in result.events if e.kind is EventKind.OUTPUT).text.strip() == "3.14 matplotlib.pyplot"
+    )
+
+
+def test_an_answer_from_memory_is_sent_back_to_be_computed(tiny_tokenizer, interpreter):
+    replies = ["The 30th Fibonacci number is 55.", FIB, "It is 832040."]
+    model = scripted_model(tiny_tokenizer, replies)
+    result = Agent(model, mode="code", interpreter=interpreter, session_id="memory").run("30th Fibonacci?")
+    assert "55 without running any code" in tiny_tokenizer.decode(model.engine.prompts[1])
+    assert next(e for e in result.events if e.kind is EventKind.OUTPUT).text.strip() == "832040"
+    assert result.answer == "It is 832040." and result.rounds == 3
+
+
+def test_an_answer_with_the_printed_value_is_final(tiny_tokenizer, interpreter):
+    model = scripted_model(tiny_tokenizer, [FIB, "F(30) = 832,040."])
+    result = Agent(model, mode="code", interpreter=interpreter, session_id="printed").run("30th Fibonacci?")
+    assert result.answer == "F(30) = 832,040." and result.rounds == 2
+
+
+def test_silent_code_and_repeated_failures_are_pointed_out(tiny_tokenizer, interpreter):
+    prose = "```python\nThe chart shows three bars.\n```"
+    replies = ["```python\nx = 6 * 7\n```", prose, prose, "The chart shows three bars."]
+    model = scripted_model(tiny_tokenizer, replies)
+    result = Agent(model, mode="code", interpreter=interpreter, session_id="fails").run("chart?")
+    seen = tiny_tokenizer.decode(model.engine.prompts[3])
+    assert "The code printed nothing: print the values you need." in seen
+    assert "The code failed: fix it and run it again." in seen
+    assert "failed the same way before" in seen
+    assert result.answer == "The chart shows three bars."
+
+
+FIB = "```python\na, b = 1, 1\nfor _ in range(28):\n    a, b = b, a + b\nprint(b)\n```"

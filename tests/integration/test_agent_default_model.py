@@ -37,3 +37,14 @@ def test_plot_request_produces_a_png(default_model, tmp_path):
         assert any(e.kind is EventKind.CODE for e in result.events)
         pngs = result.images + ([saved.read_bytes()] if saved.exists() else [])
         assert pngs and all(p.startswith(b"\x89PNG") for p in pngs), result.answer
+
+
+def test_a_question_that_needs_computing_is_answered_with_the_kernels_value(default_model, tmp_path):
+    with CodeInterpreter(InterpreterConfig(root_dir=tmp_path, timeout=60)) as interpreter:
+        agent = Agent(
+            default_model, mode="code", interpreter=interpreter, do_sample=False, max_new_tokens=300
+        )
+        result = agent.run("What is 2 to the power of 64, exactly?")
+    outputs = [e.text for e in result.events if e.kind is EventKind.OUTPUT]
+    assert any("18446744073709551616" in o for o in outputs), outputs
+    assert "18446744073709551616" in result.answer.replace(",", ""), result.answer

@@ -11,6 +11,13 @@ Results return in the model's own format, through its template: an ``observation
 turn for ChatGLM3, a ``tool`` message (``<tool_response>``) for Qwen-style templates,
 ``Observation:`` for ReAct. Interpreter output is wrapped as a ``result`` block, images
 shown as ``[Image]``.
+
+The loop also keeps answers grounded. A failed call or run comes back with what went
+wrong and what to do (the tool's parameters; "fix the code"), and a call repeated after
+failing the same way is pointed out. A final answer whose numbers appear in none of the
+query's sources (the question, the code run, the results; see `grounding`) is sent back
+asking the model to compute it, or to use the result it has: once, and again only after
+new results.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from chatforge.agent.grounding import ungrounded_numbers
 from chatforge.agent.interpreter.code_interpreter import CodeInterpreter
 from chatforge.agent.interpreter.outputs import ExecutionResult, ImageOutput
 from chatforge.agent.interpreter.session import InterpreterSession
@@ -41,9 +49,11 @@ _PYTHON_BLOCK = re.compile(r"```(?:python|py|python3)[ \t]*\n(.*?)(?:\n```|$)", 
 
 CODE_SYSTEM_PROMPT = (
     "You are a helpful assistant with a Python code interpreter (a Jupyter kernel). "
-    "To run code, write it in one ```python block and stop; its output comes back to you. "
+    "Never answer a question about numbers, dates, text or data from memory: write Python "
+    "code that computes the answer and prints it, in one ```python block, and stop; its "
+    "output comes back to you. Then answer the user in plain text with the printed values. "
     "Plots made with matplotlib are shown to the user. Files are read and written in the "
-    "current working directory. When you have what you need, answer the user in plain text."
+    "current working directory."
 )
 CODE_PRELUDE = """\
 import warnings
@@ -54,7 +64,11 @@ import matplotlib.pyplot as plt
 """Run once in each new kernel: small models often use ``np`` / ``plt`` without importing
 them, and font warnings about missing CJK glyphs mislead them into 'fixing' working code."""
 
-TOOLS_SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help to answer."
+TOOLS_SYSTEM_PROMPT = (
+    "You are a helpful assistant with tools. When a tool can compute or look up what the "
+    "user asks, call it instead of answering from memory: do not guess calculations, "
+    "conversions or the current date and time. Then answer with the values the tool returned."
+)
 
 
 class EventKind(StrEnum):
@@ -111,8 +125,10 @@ class Agent:
 
     ``mode="tools"`` offers ``tools``; ``mode="code"`` runs ```python blocks (or the
     ChatGLM3 ``interpreter`` turn) in ``interpreter``'s session ``session_id``, created on
-    demand. ``max_rounds`` bounds the generations per query. Generation parameters
-    (temperature, max_new_tokens, ...) pass through to :meth:`ChatModel.generate`.
+    demand. ``max_rounds`` bounds the generations per query. ``check_answers`` sends a
+    final answer whose numbers come from nowhere back to the model once per query (see the
+    module's docstring). Generation parameters (temperature, max_new_tokens, ...) pass
+    through to :meth:`ChatModel.generate`.
     """
 
     def __init__(
@@ -126,6 +142,7 @@ class Agent:
         session_id: str = "default",
         max_rounds: int = 6,
         parallel_tools: bool = True,
+        check_answers: bool = True,
         **params: Any,
     ) -> None:
         if mode not in MODES:
@@ -137,6 +154,7 @@ class Agent:
         self.registry = as_registry(tools if mode != "chat" else None)
         self.max_rounds = max_rounds
         self.parallel_tools = parallel_tools
+        self.check_answers = check_answers
         self.params = params
         self._own_interpreter = interpreter is None and mode == "code"
         self.interpreter = (
@@ -154,6 +172,10 @@ class Agent:
         """The last query's generations, summed over its rounds (tokens and seconds)."""
         self._files_changed = False
         self._prelude_kernel: int | None = None  # the kernel that has run CODE_PRELUDE
+        self._sources: list[str] = []  # what this query's answer may take numbers from
+        self._failed: set[str] = set()  # calls and code that failed during this query
+        self._succeeded: set[str] = set()  # and those that worked
+        self._executed = 0  # tool calls and code runs during this query
 
     # -- public -------------------------------------------------------------------
     @property
@@ -180,8 +202,13 @@ class Agent:
 
     def stream(self, query: str | None = None, role: str = "user", **params: Any) -> Iterator[AgentEvent]:
         """Events for one query, ending with a ``FINAL`` event."""
+        # Earlier turns count as sources: a follow-up may quote their results.
+        self._sources = [m.content for m in self.messages if m.role is not Role.SYSTEM]
         if query is not None:
             self.messages.append(Message(Role.parse(role), self._with_files(query)))
+            self._sources.append(query)
+        self._failed, self._succeeded, self._executed = set(), set(), 0
+        checked_at = -1  # self._executed when an answer was last sent back
         params = {**self.params, **params}
         tools = self.registry.schemas() if self.mode == "tools" and len(self.registry) else None
         self.stats = GenerationStats()
@@ -210,6 +237,14 @@ class Agent:
             if code is not None:
                 yield from self._run_code(code)
                 continue
+            # An answer is sent back at most once per new result: without new evidence the
+            # model's second answer stands.
+            if checked_at < self._executed and round_number < self.max_rounds:
+                nudge = self._check_answer(reply.content, tools is not None)
+                if nudge is not None:
+                    checked_at = self._executed
+                    self.messages.append(Message(Role.USER, nudge))
+                    continue
             yield AgentEvent(EventKind.FINAL, text=reply.content, message=reply)
             return
         note = f"(stopped after {self.max_rounds} round{'s' if self.max_rounds > 1 else ''} without a final answer)"
@@ -248,6 +283,34 @@ class Agent:
         match = _PYTHON_BLOCK.search(reply.content)
         return match.group(1) if match else None
 
+    def _check_answer(self, answer: str, has_tools: bool) -> str | None:
+        """A request to ground ``answer``, or None when its numbers come from the sources.
+
+        Plain chat, and tools mode without tools, have nothing to ground answers in.
+        """
+        if not self.check_answers or not (self.mode == "code" or has_tools):
+            return None
+        missing = ungrounded_numbers(answer, self._sources)
+        if not missing:
+            return None
+        stated = ", ".join(missing[:3])
+        if self._executed == 0 and self.mode == "code":
+            return (
+                f"Your answer states {stated} without running any code. Do not answer from memory: "
+                "write Python code that computes the answer and prints it, in one ```python block."
+            )
+        if self._executed == 0:
+            return (
+                f"Your answer states {stated} without calling any tool. If a tool can compute or "
+                "look this up, call it now; otherwise give your answer again."
+            )
+        where = "the code printed" if self.mode == "code" else "the tools returned"
+        return (
+            f"Your answer states {stated}, which is not in what {where}. Answer again with the "
+            f"values {where}, or, if something is still missing, "
+            + ("run code that prints it." if self.mode == "code" else "call the tool that gives it.")
+        )
+
     def _run_tools(self, calls: list[ToolCall]) -> Iterator[AgentEvent]:
         for call in calls:
             yield AgentEvent(EventKind.TOOL_CALL, call=call)
@@ -259,7 +322,37 @@ class Agent:
             results = [self._invoke(c) for c in calls]
         for call, result in zip(calls, results, strict=True):
             yield AgentEvent(EventKind.TOOL_RESULT, text=result.content, call=call, result=result)
-            self.messages.append(self.model.template.observation_message(result.content, call.name, call.id))
+            self._executed += 1
+            self._sources.append(call.arguments_json())
+            if result.is_error:
+                content = self._tool_error(call, result)
+            else:
+                content = result.content + self._repeat_note(f"{call.name}:{call.arguments_json()}")
+                self._sources.append(result.content)
+            self.messages.append(self.model.template.observation_message(content, call.name, call.id))
+
+    def _repeat_note(self, key: str) -> str:
+        """For a call or code that already worked in this query: say so, and ask for the answer."""
+        if key not in self._succeeded:
+            self._succeeded.add(key)
+            return ""
+        return "\nThis is the same as a call that already worked: answer the user now, with its result."
+
+    def _tool_error(self, call: ToolCall, result: ToolResult) -> str:
+        """The observation for a failed call: what went wrong, and what a correct call takes."""
+        key = f"{call.name}:{call.arguments_json()}"
+        repeated = key in self._failed
+        self._failed.add(key)
+        lines = [f"Error: {result.content}"]
+        if repeated:
+            lines.append("This call is the same as one that already failed; change it.")
+        tool = self.registry.get(call.name)
+        if tool is not None:
+            lines.append(
+                f"The call did not run, so there is no result yet. Call {call.name} again with "
+                f"corrected arguments: {describe_parameters(tool.parameters)}."
+            )
+        return "\n".join(lines)
 
     def _invoke(self, call: ToolCall) -> ToolResult:
         tool = self.registry.get(call.name)
@@ -283,12 +376,40 @@ class Agent:
                 yield AgentEvent(EventKind.IMAGE, image=item.png)
         text = result.text or "(no output)"
         yield AgentEvent(EventKind.OUTPUT, text=text, execution=result)
+        self._executed += 1
+        self._sources.append(code)
         content = f"```result\n{text}\n```"
+        if not result.text:
+            content += "\nThe code printed nothing: print the values you need."
+        elif not result.ok:
+            repeated = code.strip() in self._failed
+            self._failed.add(code.strip())
+            content += (
+                "\nThis code failed the same way before: if you already have the answer, give it "
+                "in plain text, without a code block; otherwise change the code."
+                if repeated
+                else "\nThe code failed: fix it and run it again."
+            )
+        else:
+            content += self._repeat_note(code.strip())
+            self._sources.append(text)
         self.messages.append(
             self.model.template.observation_message(
                 content, call.name if call else INTERPRETER, call.id if call else None
             )
         )
+
+
+def describe_parameters(schema: dict[str, Any]) -> str:
+    """A tool's parameters in a line, e.g. ``expression (string, required)``; 'none' when it takes none."""
+    required = set(schema.get("required", []))
+    parts = []
+    for name, spec in schema.get("properties", {}).items():
+        kind = spec.get("type") or "/".join(
+            str(option.get("type")) for option in spec.get("anyOf", []) if isinstance(option, dict)
+        )
+        parts.append(f"{name} ({kind or 'any'}, {'required' if name in required else 'optional'})")
+    return ", ".join(parts) + ", and no other argument" if parts else "it takes no arguments"
 
 
 def _is_code_call(call: ToolCall) -> bool:

@@ -59,7 +59,9 @@ CHATML_TEMPLATE = """
 OBSERVATION_HINT = (
     "This is the result of {name}. Now answer the user's question in plain language, using this result."
 )
-"""Appended to every tool result: small models otherwise tend to repeat the call instead of answering."""
+"""Appended to every tool result: small models otherwise tend to repeat the call instead of answering.
+It stays unconditional: a failed call's observation carries its own instructions (the agent
+loop writes them), and hedged wordings here made small models repeat calls that had worked."""
 
 
 class HFTemplate(Template):

@@ -37,7 +37,8 @@ __all__ = [
 def current_time(
     timezone: Annotated[
         str | None,
-        "IANA time zone such as 'Asia/Shanghai' or 'Europe/Paris'; the machine's local time if omitted",
+        "IANA time zone such as 'Europe/Paris', only for a place the user names; "
+        "leave it out for the user's own local time",
         False,
     ] = None,
 ) -> dict[str, object]:
@@ -212,7 +213,8 @@ def evaluate_arithmetic(expression: str) -> int | float:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
-        raise CalculatorError(f"not a valid arithmetic expression: {exc.msg}") from exc
+        hint = "; '%' is the remainder operator, so write 15% as 15/100" if "%" in text else ""
+        raise CalculatorError(f"not a valid arithmetic expression: {exc.msg}{hint}") from exc
     try:
         result = _Evaluator().evaluate(tree)
     except ZeroDivisionError as exc:
