@@ -8,6 +8,7 @@ the message-level call the agent loop and the server build on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -24,6 +25,7 @@ from chatforge.constrain.grammars import (
     check_tools,
     json_grammar,
     tag,
+    text_grammar,
     tool_grammar,
 )
 from chatforge.engines.base import Engine, GenerationStats, KVState, SamplingParams
@@ -120,16 +122,10 @@ class ChatModel:
 
         view = grammar_tokenizer(self.tokenizer, self.template.stop_token_ids)
         if tools:
-            fmt = self.template.call_format
-            if fmt is None:
+            if self.template.call_format is None:
                 return None
             check_tools(tools)
-            tags = (
-                tuple(tag(t, self._special(view, t)) for t in (TAG_OPEN, TAG_CLOSE))
-                if fmt == "tagged"
-                else None
-            )
-            grammar = tool_grammar(tools, tags=tags, force=force, parallel=parallel)
+            grammar = tool_grammar(tools, tags=self._tags(view), force=force, parallel=parallel)
         elif json_mode:
             grammar = json_grammar(json_schema)
         else:
@@ -137,10 +133,21 @@ class ChatModel:
         check_grammar(grammar, view)
         return grammar
 
-    def _special(self, view: Any, text: str) -> bool:
-        """Whether ``text`` is one special token for the grammar engine."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return len(ids) == 1 and view.is_special_token(ids[0])
+    def _tags(self, view: Any) -> tuple[str, str] | None:
+        """The template's tool-call tags in a grammar: special tokens where they are one."""
+        if self.template.call_format != "tagged":
+            return None
+
+        def special(text: str) -> bool:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            return len(ids) == 1 and view.is_special_token(ids[0])
+
+        return (tag(TAG_OPEN, special(TAG_OPEN)), tag(TAG_CLOSE, special(TAG_CLOSE)))
+
+    def _text_grammar(self) -> str:
+        from chatforge.constrain.matcher import grammar_tokenizer
+
+        return text_grammar(self._tags(grammar_tokenizer(self.tokenizer, self.template.stop_token_ids)))
 
     def prepare_constraints(self) -> None:
         """Build what constrained decoding needs ahead of the first constrained reply."""
@@ -175,15 +182,43 @@ class ChatModel:
         """Stream the assistant's reply to ``messages``; the last event holds the parsed message.
 
         ``grammar``: :data:`AUTO` (calls constrained to the tools' schemas where possible), a
-        grammar from :meth:`grammar_for`, or None."""
+        grammar from :meth:`grammar_for`, or None. Under :data:`AUTO`, a reply that began
+        calling a tool the model made up (its name had little probability among the offered
+        ones, so the grammar bent it into one of them) is answered again as text: the model
+        meant a tool that is not there, and a wrong call would act on it."""
         tools = tools or tools_of(messages)
         grammar = params.pop("grammar", AUTO)
-        if grammar == AUTO:
+        auto = grammar == AUTO
+        if auto:
             grammar = self._auto_grammar(tools)
         prompt = self.template.render(messages, tools, add_generation_prompt=True).ids
         sp = params.pop("sampling", None) or sampling_params(
             self.template, prompt_tokens=len(prompt), grammar=grammar, **params
         )
+        shown = False
+        for event in self._reply_events(prompt, sp, tools, state, cancel):
+            if event.message is None:
+                shown = shown or bool(event.delta)
+            elif auto and grammar and event.stats is not None and event.stats.unknown_tool and not shown:
+                if event.message.tool_calls and not (cancel is not None and cancel.is_set()):
+                    log.info("the reply called a tool that is not offered; it is answered in text instead")
+                    text_only = dataclasses.replace(sp, grammar=self._text_grammar())
+                    spent = event.stats.completion_tokens
+                    for again in self._reply_events(prompt, text_only, tools, state, cancel):
+                        if again.stats is not None:
+                            again.stats.completion_tokens += spent
+                        yield again
+                    return
+            yield event
+
+    def _reply_events(
+        self,
+        prompt: list[int],
+        sp: SamplingParams,
+        tools: list[dict[str, Any]] | None,
+        state: KVState | None,
+        cancel: threading.Event | None,
+    ) -> Iterator[ReplyEvent]:
         parser = self.template.stream_parser(tools)
         stats = None
         ids: list[int] = []

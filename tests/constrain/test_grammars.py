@@ -148,3 +148,23 @@ def test_a_schema_the_engine_cannot_compile_is_named():
     }
     with pytest.raises(GrammarError, match=r"tools\[2\] \(book\): .*uniqueItems"):
         check_tools([*TOOLS, bad])
+
+
+def test_a_name_no_offered_tool_has_is_noticed(tagged_tokenizer, auto):
+    """Where a function name begins, a model that wants a name no tool has is noticed; one
+    that wants an offered name is not."""
+    import numpy as np
+
+    end = tagged_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    view = grammar_tokenizer(tagged_tokenizer, [end])
+    made_up = tagged_tokenizer.encode("integrate", add_special_tokens=False)[0]
+    offered = tagged_tokenizer.encode("add", add_special_tokens=False)[0]
+    for wanted, noticed in ((made_up, True), (offered, False)):
+        constraint = Constraint(view, auto, [end])
+        for token in tagged_tokenizer.encode('<tool_call>\n{"name": "', add_special_tokens=False):
+            constraint.consume(token)
+        logits = np.zeros(view.vocab_size, dtype=np.float32)
+        logits[wanted] = 20.0
+        if not constraint.allows(wanted):
+            constraint.restrict(logits)
+        assert constraint.unknown_tool is noticed

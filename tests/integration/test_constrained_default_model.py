@@ -67,3 +67,24 @@ def test_json_on_request(default_model):
     anything = default_model.grammar_for(json_mode=True)
     message, _ = default_model.reply(ask("List three colours as a JSON object."), grammar=anything, **GREEDY)
     assert isinstance(json.loads(message.content), dict)
+
+
+def test_a_question_no_tool_fits_gets_text_not_a_bent_call(default_model, caplog):
+    """BFCL's irrelevance_8: the model "calls" an integration tool it makes up; the grammar
+    must not turn that into a call of the one tool offered (str_to_int)."""
+    str_to_int = {
+        "type": "function",
+        "function": {
+            "name": "str_to_int",
+            "description": "Converts string value to integer.",
+            "parameters": {
+                "type": "object",
+                "properties": {"value": {"type": "string", "description": "String value to be converted to integer"}},
+                "required": ["value"],
+            },
+        },
+    }
+    with caplog.at_level("INFO", logger="chatforge.chat"):
+        message, _ = default_model.reply(ask("Find the integral of x^3 from 1 to 5"), [str_to_int], **GREEDY)
+    assert not message.tool_calls and message.content.strip()
+    assert "not offered" in caplog.text

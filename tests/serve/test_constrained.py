@@ -133,3 +133,4 @@ def test_a_tool_schema_the_grammar_engine_cannot_compile_is_served_unconstrained
     assert out.choices[0].finish_reason in ("stop", "length", "tool_calls")
     log = tool_server.log.read_text()
     assert "decoding this reply without constraints: tools[0] (tag_photos)" in log and "uniqueItems" in log
+

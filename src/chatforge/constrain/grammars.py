@@ -134,6 +134,13 @@ def tool_grammar(
     return "%llguidance {}\nstart: " + " | ".join(forms) + "\n" + "\n".join(rules) + "\n"
 
 
+def text_grammar(tags: tuple[str, str] | None = None) -> str:
+    """The grammar of a reply that is text only, with tools offered: text as
+    :func:`tool_grammar` allows it, no call in any form."""
+    text = _TEXT + (_NO_TAG_TEXT if tags is not None and tags[0].startswith('"') else "")
+    return f"%llguidance {{}}\nstart: TEXT\nTEXT: {text}\n"
+
+
 def json_grammar(schema: dict[str, Any] | None) -> str:
     """The grammar of a reply that is one JSON object (following ``schema`` when given)."""
     body = dict(schema) if schema is not None else {"type": "object"}

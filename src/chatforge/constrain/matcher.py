@@ -31,6 +31,12 @@ _views: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.Wea
 _compiled: OrderedDict[tuple[int, str], Any] = OrderedDict()
 COMPILED_KEPT = 64
 
+NAME_START = b'"name": "'
+"""Where a call's function name begins, as the grammars write calls."""
+MIN_NAME_MASS = 0.5
+"""A call whose name the model gave less than this probability, among the names offered,
+was meant for a tool that is not offered (see ``Constraint.unknown_tool``)."""
+
 
 def grammar_tokenizer(tokenizer: Any, end_ids: list[int]) -> Any:
     """llguidance's view of ``tokenizer``, with ``end_ids`` as the tokens that end a reply."""
@@ -76,6 +82,12 @@ class Constraint:
                     _compiled.popitem(last=False)
         self._matcher = compiled.deep_copy()
         self._mask = np.zeros((view.vocab_size + 31) // 32, dtype=np.int32)
+        self._view = view
+        self._tail = b""  # the last bytes taken, to know where a function name begins
+        # The model began a function name that no offered tool has: the grammar turned it
+        # into an offered one. A small model asked something no tool fits often "calls" a
+        # tool it makes up; the caller may rather have text (ChatModel.generate).
+        self.unknown_tool = False
 
     def allows(self, token: int) -> bool:
         if token in self._end_ids:  # the reply may end once the grammar is complete
@@ -93,8 +105,14 @@ class Constraint:
         out[:n][allowed[:n]] = logits[:n][allowed[:n]]
         if not np.isfinite(out).any():
             raise GrammarError("the grammar allows no token here")
+        if self._tail.endswith(NAME_START):
+            row = np.asarray(logits[:n], dtype=np.float64)
+            weights = np.exp(row - row.max())
+            if weights[allowed[:n]].sum() < MIN_NAME_MASS * weights.sum():
+                self.unknown_tool = True
         return out
 
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):
             raise GrammarError(f"token {token} does not follow the grammar: {self._matcher.get_error()}")
+        self._tail = (self._tail + self._view.decode_bytes([token]))[-len(NAME_START) :]

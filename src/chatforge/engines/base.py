@@ -123,6 +123,7 @@ class GenerationStats:
     computed_tokens: int = 0  # prompt tokens the engine had to run through the model
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop", "length", "cancelled"
+    unknown_tool: bool = False  # a call began with a name no offered tool has (chatforge.constrain)
     time_to_first_token: float | None = None
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0

@@ -371,6 +371,8 @@ class BatchingEngine(Engine):
         try:
             token = request.sampler(row)
             request.sampler.observe(token)
+            if request.sampler.constraint is not None and request.sampler.constraint.unknown_tool:
+                request.stats.unknown_tool = True
         except Exception as err:  # noqa: BLE001 - NaN logits and the like, for this request only
             request.finish(err)
             return None

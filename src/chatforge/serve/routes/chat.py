@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from chatforge.chat import ChatModel, ReplyEvent
+from chatforge.chat import AUTO, ChatModel, ReplyEvent
 from chatforge.engines.base import GenerationStats
 from chatforge.messages import Message
 from chatforge.serve.checks import complies, correction, normalise_json_reply
@@ -78,7 +78,7 @@ def chat_job(model: ChatModel, plan: ChatPlan) -> Any:
 
     def run(cancel: threading.Event) -> Iterator[tuple[int, ReplyEvent | Outcome]]:
         for index in range(plan.n):
-            params = {**plan.params, "grammar": plan.grammar}
+            params = {**plan.params, "grammar": _grammar(plan)}
             if plan.n > 1 and params.get("seed") is not None:
                 params["seed"] += index  # n identical samples would be pointless
             if plan.buffered:
@@ -101,6 +101,14 @@ def chat_job(model: ChatModel, plan: ChatPlan) -> Any:
                 return
 
     return run
+
+
+def _grammar(plan: ChatPlan) -> str | None:
+    """The plan's grammar; with tools offered and none required, ``AUTO``: the same grammar,
+    and a reply that calls a made-up tool is answered as text (``ChatModel.generate``)."""
+    if plan.grammar is not None and plan.tools and plan.force_tool is None:
+        return AUTO
+    return plan.grammar
 
 
 def _checked_reply(
