@@ -141,6 +141,9 @@ class AgentSessions:
         return conversation in self._sessions
 
     # -- internals -------------------------------------------------------------------
+    # The loop's answer check (an answer with unbacked numbers sent back once) is off here:
+    # the page would show the answer sent back and the second one as one answer. It stays on
+    # in `chatforge chat` and Agent.run, where the transcript shows both in turn.
     def _new_agent(self, conversation: str, mode: str) -> Agent:
         if mode == "code":
             return Agent(
@@ -148,11 +151,12 @@ class AgentSessions:
                 mode="code",
                 interpreter=self.interpreter,
                 session_id=_code_session_id(conversation),
+                check_answers=False,
             )
         registry = ToolRegistry()
         for item in [*builtin_tools(), *self.options.tools]:
             registry.register(item, replace=True)  # a --tools tool may replace a built-in one
-        return Agent(self.model, registry, mode="tools")
+        return Agent(self.model, registry, mode="tools", check_answers=False)
 
     def _over_capacity(self) -> list[tuple[str, AgentSession]]:
         """Least recently used idle sessions beyond ``max_sessions`` (called with the lock held)."""
