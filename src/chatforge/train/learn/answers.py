@@ -67,23 +67,29 @@ def greedy(
     return answers
 
 
-@torch.no_grad()
 def reproduces(model: Any, template: Template, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
-    """For each ``(prompt ids, answer ids)``: would greedy decoding produce exactly ``answer``?
+    """For each ``(prompt ids, answer ids)``: would greedy decoding produce exactly ``answer``?"""
+    firsts = first_differences(model, pairs, _pad_id(template))
+    return [first == len(answer) for first, (_, answer) in zip(firsts, pairs, strict=True)]
 
-    One right-padded forward pass; position ``t`` predicts token ``t + 1``.
-    """
+
+@torch.no_grad()
+def first_differences(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[int]:
+    """For each ``(prompt ids, answer ids)``: where greedy decoding would first differ from the
+    answer (its length when it would not), by teacher forcing in one right-padded forward
+    pass; position ``t`` predicts token ``t + 1``."""
     if not pairs:
         return []
     device = next(model.parameters()).device
-    pad = _pad_id(template)
     rows = [p + a for p, a in pairs]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
     predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(dim=-1).tolist()
-    results = []
+    firsts = []
     for (prompt, answer), row in zip(pairs, predicted, strict=True):
-        start = len(prompt) - 1
-        results.append(row[start : start + len(answer)] == answer)
-    return results
+        got = row[len(prompt) - 1 : len(prompt) - 1 + len(answer)]
+        firsts.append(
+            next((i for i, (a, b) in enumerate(zip(got, answer, strict=True)) if a != b), len(answer))
+        )
+    return firsts

@@ -18,34 +18,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from chatforge.templates import Template
-from chatforge.train.learn.answers import reproduces
+from chatforge.train.learn.answers import first_differences, reproduces
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def agreement(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
     """For each ``(prompt ids, answer ids)``: the share of the answer that greedy decoding
     would reproduce before its first different token (teacher forcing). After that token a
     generated answer goes its own way, so a later match says nothing about it."""
-    if not pairs:
-        return []
-    device = next(model.parameters()).device
-    rows = [p + a for p, a in pairs]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(dim=-1).tolist()
-    shares = []
-    for (prompt, answer), row in zip(pairs, predicted, strict=True):
-        got = row[len(prompt) - 1 : len(prompt) - 1 + len(answer)]
-        first = next((i for i, (a, b) in enumerate(zip(got, answer, strict=True)) if a != b), len(answer))
-        shares.append(first / max(1, len(answer)))
-    return shares
+    firsts = first_differences(model, pairs, pad)
+    return [first / max(1, len(answer)) for first, (_, answer) in zip(firsts, pairs, strict=True)]
 
 
 class StopWhenLearned(TrainerCallback):
