@@ -380,7 +380,8 @@ def load_model(
     ``remote_url``; ``ref`` then only supplies the tokenizer). ``quantize`` int8/int4
     (bitsandbytes, CUDA only) and ``device_map`` apply to transformers, ``quantize``
     q4_0/iq4_nl/q8_0 re-quantize a GGUF for the llama.cpp engines; ``engine_options``
-    go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` for llama.cpp,
+    go to the engine's constructor (e.g. ``n_parallel``, ``n_threads`` and ``speculative``:
+    ``"off"``, ``"ngram"`` (the default) or ``"draft:MODEL"`` for llama.cpp and hybrid,
     ``prefill_model`` for hybrid). ``constrain``: tool calls and JSON replies constrained to
     their schemas on the local engines (``chatforge.constrain``)."""
     # Engines and loaders bring PyTorch, transformers or llama.cpp with them: imported when a
@@ -423,7 +424,9 @@ def load_model(
         model, tokenizer = load_weights(source, device=device, dtype=dtype)
     if adapter is not None:
         model = attach_adapter(model, prepare_adapter(adapter, source))
-    options = {k: v for k, v in (engine_options or {}).items() if k != "prefill_model"}
+    options = {k: v for k, v in (engine_options or {}).items() if k not in ("prefill_model", "speculative")}
+    if str((engine_options or {}).get("speculative") or "off") not in ("off", "ngram"):
+        log.warning("speculative decoding with a draft model is for the llama.cpp engines; not used here")
     engine_ = TransformersEngine(model, tokenizer, context_length=context_length, **options)
     return ChatModel(
         engine_, get_template(template, tokenizer), name=source.name, model=model, constrain=constrain

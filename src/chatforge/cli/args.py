@@ -88,6 +88,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="tool calls and JSON replies constrained to their schemas while decoding, on the local "
         "engines (default: on; docs/serving.md)",
     )
+    g.add_argument(
+        "--speculative",
+        default=None,
+        type=speculative_value,
+        metavar="off|ngram|draft:MODEL",
+        help="speculative decoding on the llama.cpp engines: ngram drafts from the context (the "
+        "default, adaptive), draft:MODEL a smaller model with the same tokenizer (e.g. draft:0.5b "
+        "for the 1.5b model), or off (docs/engines.md)",
+    )
+
+
+def speculative_value(text: str) -> str:
+    """``--speculative``'s value, checked here so that a typo is an argument error."""
+    from chatforge.engines.speculative import parse_speculation
+
+    try:
+        return str(parse_speculation(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,6 +146,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         options["n_threads"] = args.threads
     if getattr(args, "prefill_model", None):
         options["prefill_model"] = args.prefill_model
+    if getattr(args, "speculative", None):
+        options["speculative"] = args.speculative
     engine = getattr(args, "engine", "auto")
     if getattr(args, "remote_url", None) and normalise_engine(engine) in ("auto", "remote"):
         # --remote-max-tries and co. as RemoteEngine keywords; only where the remote engine

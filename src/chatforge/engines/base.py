@@ -124,6 +124,8 @@ class GenerationStats:
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop", "length", "cancelled"
     unknown_tool: bool = False  # a call began with a name no offered tool has (chatforge.constrain)
+    drafted_tokens: int = 0  # guessed tokens checked by speculative decoding
+    accepted_tokens: int = 0  # of them, those the model's own choice agreed with
     time_to_first_token: float | None = None
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -150,6 +152,7 @@ class KVState:
     def __init__(self) -> None:
         self.ids: list[int] = []
         self.cache: Any = None
+        self.draft: KVState | None = None  # a draft model's cache of the conversation (speculative decoding)
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -158,6 +161,8 @@ class KVState:
     def reset(self) -> None:
         self.ids = []
         self.cache = None
+        if self.draft is not None:
+            self.draft.reset()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -35,6 +35,7 @@ from chatforge.constrain.grammars import GrammarError
 from chatforge.constrain.matcher import Constraint, grammar_tokenizer
 from chatforge.engines.base import Engine, EngineError, GenerationStats, KVState, SamplingParams
 from chatforge.engines.sampling import apply_penalties, sample
+from chatforge.engines.speculative import DraftModel, Speculation, Speculator, record
 from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class Request:
     ready: np.ndarray | None = None  # next-token logits the subclass computed at admission
     generated: list[int] = field(default_factory=list)
     slot: Any = None  # where the subclass keeps this request's cache
+    speculator: Speculator | None = None  # its drafting, when speculative decoding is on
     consumed: int = 0  # tokens the reader has taken
     closed: bool = False  # the reader went away
     finished: bool = False  # no more tokens will be made
@@ -158,12 +160,14 @@ class Work:
     request: Request
     ids: list[int]
     logits: bool
+    draft: int = 0  # the last ``draft`` ids are guesses: logits are wanted for each of them too
 
 
 class BatchingEngine(Engine):
     """An engine whose requests share forward passes through one worker thread."""
 
     supports_grammar = True
+    supports_speculation = False  # whether _forward returns the rows of a draft's positions
 
     def __init__(
         self, tokenizer: Tokenizer, context_length: int, max_batch: int, max_step_tokens: int
@@ -178,6 +182,8 @@ class BatchingEngine(Engine):
         self._worker: threading.Thread | None = None
         self._last_arrival = 0.0  # time.perf_counter() of the latest submitted request
         self.batch_wait = BATCH_WAIT
+        self.speculation = Speculation("off")
+        self.draft_model: DraftModel | None = None
 
     # -- the caller's side -------------------------------------------------------
     def generate_ids(
@@ -191,7 +197,17 @@ class BatchingEngine(Engine):
         budget = max(1, min(params.max_new_tokens, self.context_length - len(prompt_ids)))
         sampler = TokenSampler(params, prompt_ids, self._constraint(params))
         request = Request(list(prompt_ids), params, stats, state, cancel, budget, sampler)
-        self._submit(request)
+        if self.speculation.on and self.supports_speculation:
+            request.speculator = Speculator(request.prompt_ids, self.draft_model)
+            if self.draft_model is not None and state is not None:  # the draft's cache stays with the conversation
+                state.draft = state.draft or KVState()
+                request.speculator.draft_state = state.draft
+        self.submit_all([request])
+        yield from self._stream(request)
+
+    def _stream(self, request: Request) -> Iterator[int]:
+        """The request's tokens as the worker makes them; the request's cache is released
+        (the worker lets it go) before this ends, however it ends."""
         try:
             while True:
                 item = request.tokens.get()
@@ -206,6 +222,10 @@ class BatchingEngine(Engine):
                 request.closed = True
                 self._cond.notify_all()
             request.released.wait()
+
+    def collect(self, request: Request) -> list[int]:
+        """All the tokens of a request given to :meth:`submit_all`."""
+        return list(self._stream(request))
 
     def _constraint(self, params: SamplingParams) -> Constraint | None:
         """The request's grammar state, made in the caller's thread (llguidance's view of the
@@ -225,14 +245,15 @@ class BatchingEngine(Engine):
         # gathering worker reads it again when its wait ends).
         self._last_arrival = time.perf_counter()
 
-    def _submit(self, request: Request) -> None:
+    def submit_all(self, requests: list[Request]) -> None:
+        """Hand requests to the worker together (read each with :meth:`collect`)."""
         with self._cond:
             if self._stopping:
                 raise EngineError(f"the {self.name} engine is closed")
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name=f"{self.name}-batch", daemon=True)
                 self._worker.start()
-            self._waiting.append(request)
+            self._waiting.extend(requests)
             self._last_arrival = time.perf_counter()
             self._cond.notify_all()
 
@@ -242,6 +263,8 @@ class BatchingEngine(Engine):
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=30)
+        if self.draft_model is not None:
+            self.draft_model.close()
 
     # -- the worker's side ---------------------------------------------------------
     def _run(self) -> None:
@@ -336,7 +359,8 @@ class BatchingEngine(Engine):
         self._hand_over(taken)
         room = self.max_step_tokens
         work: list[Work] = []
-        # Decoding requests first (one token each), then prompt chunks in the room left.
+        # Decoding requests first (one token each, plus a draft where speculation is on),
+        # then prompt chunks in the room left.
         for request in sorted(self._active, key=lambda r: len(r.todo) > 1):
             if not request.decoding or not request.todo or room <= 0:
                 continue
@@ -345,6 +369,7 @@ class BatchingEngine(Engine):
             room -= len(ids)
         if not work:
             return bool(ready)
+        self._add_drafts(work, room)
         started = time.perf_counter()
         try:
             rows = self._forward(work)
@@ -357,13 +382,81 @@ class BatchingEngine(Engine):
         taken = []
         for item, row in zip(work, rows):
             request = item.request
-            request.todo = request.todo[len(item.ids) :]
+            request.todo = request.todo[len(item.ids) - item.draft :]
             if not request.generated:
                 request.stats.prefill_seconds += elapsed
-            if row is not None:
+            if row is None:
+                continue
+            if item.draft:
+                taken.extend(self._verify(item, row))
+            else:
                 taken.append(self._take(request, row))
         self._hand_over(taken)
         return True
+
+    # -- speculative decoding (chatforge.engines.speculative) ------------------------
+    def _add_drafts(self, work: list[Work], room: int) -> None:
+        """Append a draft to each decoding request's one token where its speculator has one,
+        within its budget, its context and the step's ``room``."""
+        asks: list[tuple[Work, int]] = []
+        for item in work:
+            request = item.request
+            speculator = request.speculator
+            if speculator is None or len(item.ids) != 1 or not request.generated or request.finished:
+                continue
+            left = min(
+                request.budget - len(request.generated) - 1,
+                self.context_length - len(request.prompt_ids) - len(request.generated) - 1,
+            )
+            length = min(speculator.policy.want(), left, room)
+            if length > 0:
+                asks.append((item, length))
+                room -= length
+        if not asks:
+            return
+        if self.draft_model is not None:
+            contexts = [
+                (i.request.prompt_ids + i.request.generated, i.request.speculator.draft_state) for i, _ in asks
+            ]
+            try:
+                drafts = self.draft_model.propose(contexts, [n for _, n in asks])
+            except Exception as err:  # noqa: BLE001 - decoding goes on without drafts
+                log.warning("speculative decoding is off: the draft model failed: %s", err)
+                self.draft_model, self.speculation = None, Speculation("off")
+                return
+        else:
+            drafts = [i.request.speculator.ngram_draft(n) for i, n in asks]
+        for (item, length), draft in zip(asks, drafts):
+            draft = draft[:length]
+            if draft:
+                item.ids = item.ids + draft
+                item.draft = len(draft)
+
+    def _verify(self, item: Work, rows: np.ndarray) -> list[tuple[Request, int, bool] | None]:
+        """Take tokens from the rows of a step with a draft, as plain decoding would from one
+        row at a time, while each equals the draft's; drop the cached rest."""
+        request = item.request
+        draft = item.ids[len(item.ids) - item.draft :]
+        taken: list[tuple[Request, int, bool] | None] = []
+        for i in range(len(draft) + 1):
+            got = self._take(request, rows[i])
+            taken.append(got)
+            if got is None:  # sampling failed: the request has ended
+                return taken
+            _, token, last = got
+            if last or i == len(draft) or token != draft[i]:
+                break
+        accepted = sum(1 for i, got in enumerate(taken) if i < len(draft) and got[1] == draft[i])
+        record(request, len(draft), accepted)
+        # The cache holds the fed token and the whole draft; the last token taken is not in it.
+        rejected = len(item.ids) - len(taken)
+        if rejected > 0:
+            self._rollback(request, rejected)
+        return taken
+
+    def _rollback(self, request: Request, count: int) -> None:
+        """Drop the last ``count`` ids from the request's cache (a rejected draft's)."""
+        raise NotImplementedError(f"the {self.name} engine does not roll its cache back")
 
     def _take(self, request: Request, row: np.ndarray) -> tuple[Request, int, bool] | None:
         """Sample the request's next token from ``row``; the token to hand to its reader, and
@@ -377,6 +470,8 @@ class BatchingEngine(Engine):
             request.finish(err)
             return None
         request.generated.append(token)
+        if request.speculator is not None:
+            request.speculator.observe(token)
         last = len(request.generated) >= request.budget or token in request.params.stop_token_ids
         if not last:
             request.todo = [token]

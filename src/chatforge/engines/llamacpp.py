@@ -35,6 +35,7 @@ from chatforge.engines.amx import extra_buffers_default, extra_buffers_note
 from chatforge.engines.base import EngineError, KVState, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
 from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
+from chatforge.engines.speculative import DraftModel, Speculation, check_vocabularies, parse_speculation
 from chatforge.llama_lib import (
     default_threads,
     import_llama_cpp,
@@ -63,6 +64,7 @@ class _Sequence:
 
 class LlamaCppEngine(BatchingEngine):
     name = "llama.cpp"
+    supports_speculation = True
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class LlamaCppEngine(BatchingEngine):
         n_gpu_layers: int = 0,
         extra_buffers: bool | None = None,
         share_prefixes: bool = True,
+        speculative: str | Speculation | None = None,
         verbose: bool = False,
     ) -> None:
         llama_cpp = import_llama_cpp()
@@ -135,6 +138,13 @@ class LlamaCppEngine(BatchingEngine):
         self.move_caches = True  # keep busy sequences side by side (see _place)
         self.moved_caches = 0  # caches moved for that so far
         super().__init__(tokenizer, per_sequence, max_batch=n_parallel, max_step_tokens=n_batch)
+        self.speculation = parse_speculation(speculative)
+        if self.speculation.mode == "draft":
+            try:
+                self.draft_model = self._load_draft(self.speculation.draft_model, n_batch, extra_buffers)
+            except BaseException:
+                self.close()
+                raise
         log.info(
             "llama.cpp loaded %s in %.1f s: %d sequences x %d tokens, %d threads, flash attention %s%s",
             path.name,
@@ -370,7 +380,8 @@ class LlamaCppEngine(BatchingEngine):
             return [None if item.request.finished else next(rows) for item in work]
         batch = self._batch
         n = 0
-        wanted: dict[int, int] = {}  # position in ``work`` -> batch row of its logits
+        outputs = 0
+        wanted: dict[int, int] = {}  # position in ``work`` -> its first logits row
         # In ascending sequence order: with a cache per sequence, llama.cpp decodes four
         # sequences given as 1, 2, 3, 0 about a quarter slower than given as 0, 1, 2, 3.
         order = sorted(range(len(work)), key=lambda i: work[i].request.slot.seq_id)
@@ -385,9 +396,11 @@ class LlamaCppEngine(BatchingEngine):
                 batch.seq_id[n][0] = sequence.seq_id
                 batch.logits[n] = 0
                 n += 1
-            if item.logits:
-                batch.logits[n - 1] = 1
-                wanted[position] = n - 1
+            if item.logits:  # the last position's, and each draft position's before it
+                for row in range(n - 1 - item.draft, n):
+                    batch.logits[row] = 1
+                wanted[position] = outputs
+                outputs += item.draft + 1
         batch.n_tokens = n
         status = self._lib.llama_decode(self._ctx, batch)
         if status != 0:
@@ -403,14 +416,52 @@ class LlamaCppEngine(BatchingEngine):
             return [None] * len(work)
         # All rows with one call, as views: the worker samples from them before the next
         # decode overwrites them (a copy of each 150k-entry row cost more than its argmax).
-        logits = np.ctypeslib.as_array(
-            self._lib.llama_get_logits(self._ctx), shape=(len(wanted), self.n_vocab)
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx), shape=(outputs, self.n_vocab))
+        rows: list[np.ndarray | None] = []
+        for position, item in enumerate(work):
+            first = wanted.get(position)
+            if first is None:
+                rows.append(None)
+            elif item.draft:
+                rows.append(logits[first : first + item.draft + 1])
+            else:
+                rows.append(logits[first])
+        return rows
+
+    def _rollback(self, request: Request, count: int) -> None:
+        sequence: _Sequence = request.slot
+        keep = len(sequence.ids) - count
+        self._truncate(sequence, keep)
+        if len(sequence.ids) != keep:  # llama.cpp could not cut the sequence: it lost its cache
+            request.finish(EngineError("llama.cpp could not drop a rejected draft from the cache"))
+            log.warning("speculative decoding is off: llama.cpp could not drop a rejected draft")
+            self.speculation = Speculation("off")
+
+    def _load_draft(self, source: str | None, n_batch: int, extra_buffers: bool | None) -> DraftModel:
+        """The draft model of ``--speculative draft:MODEL``, a llama.cpp engine of its own with
+        as many sequences and threads, refused unless it has this model's vocabulary."""
+        from chatforge.engines.select import resolve_gguf
+
+        path = resolve_gguf(str(source))
+        engine = LlamaCppEngine(
+            path,
+            self.tokenizer,
+            context_length=self.context_length,
+            n_parallel=self.max_batch,
+            n_threads=self.n_threads,
+            n_batch=n_batch,
+            extra_buffers=extra_buffers,
+            share_prefixes=False,
+            speculative="off",
         )
-        outputs = {index: row for row, index in enumerate(sorted(wanted.values()))}
-        return [
-            None if (index := wanted.get(position)) is None else logits[outputs[index]]
-            for position in range(len(work))
-        ]
+        try:
+            check_vocabularies(self, engine, str(source))
+        except BaseException:
+            engine.close()
+            raise
+        engine.batch_wait = 0.0  # a step's drafts are handed over together
+        log.info("speculative decoding with the draft model %s", path.name)
+        return DraftModel(engine, path)
 
     def _release(self, request: Request, keep: int) -> None:
         sequence: _Sequence | None = request.slot

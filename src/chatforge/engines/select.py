@@ -188,7 +188,7 @@ def build_engine(
         if adapter is not None:
             raise ValueError("adapters cannot be attached to a remote engine; serve the merged model there")
         tokenizer, name = load_tokenizer(ref)
-        for local_only in ("n_parallel", "n_threads", "prefill_model"):  # the server decides these
+        for local_only in ("n_parallel", "n_threads", "prefill_model", "speculative"):  # the server decides these
             options.pop(local_only, None)
         remote = RemoteEngine(
             remote_url,
