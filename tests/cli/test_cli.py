@@ -66,3 +66,28 @@ def test_train_command_restarts_under_jemalloc(tmp_path):
     off = dict(env, CHATFORGE_JEMALLOC="0")
     proc = subprocess.run(command, capture_output=True, text=True, env=off, timeout=120)
     assert "jemalloc" not in proc.stderr and "missing.yaml" in proc.stderr
+
+
+def test_speculative_decoding_from_the_command_line(smollm_path):
+    """``--speculative draft:MODEL`` loads the draft model beside the model (here SmolLM2
+    drafting for itself) and chats; a value it does not know is an argument error."""
+    result = chatforge(
+        "chat",
+        "--model",
+        str(smollm_path),
+        "--engine",
+        "llama.cpp",
+        "--threads",
+        "1",
+        "--speculative",
+        f"draft:{smollm_path}",
+        "--max-new-tokens",
+        "24",
+        "--temperature",
+        "0",
+        stdin="Repeat after me: one two three four five six.\n",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("Assistant: ") == 1
+    bad = chatforge("chat", "--model", str(smollm_path), "--speculative", "draft")
+    assert bad.returncode == 2 and "--speculative takes off, ngram or draft:MODEL" in bad.stderr

@@ -38,6 +38,8 @@ class BenchOptions:
     """Also run the concurrency measurement through chatforge's HTTP server."""
     threads: int | None = None
     """CPU threads for every engine (default: all cores)."""
+    speculative: str | None = None
+    """Speculative decoding on the llama.cpp engines: off, ngram (their default) or draft:MODEL."""
     out: str | None = None
     """Write the Markdown report here."""
     plot: str | None = None

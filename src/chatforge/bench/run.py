@@ -314,6 +314,8 @@ def run_bench(opts: BenchOptions) -> Results:
     for engine in opts.engines:
         options = {"n_threads": opts.threads} if opts.threads else {}
         gguf = engine in ("llama.cpp", "hybrid")
+        if gguf and opts.speculative:
+            options["speculative"] = opts.speculative
         if gguf:
             # The 10-turn test needs two sequences: the conversation's, and one for the
             # recompute run between its turns (with one, that run evicted the conversation).

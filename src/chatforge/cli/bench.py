@@ -10,6 +10,7 @@ from typing import Any
 from chatforge.bench.options import BenchOptions
 from chatforge.bench.report import plot, report
 from chatforge.bench.run import run_bench
+from chatforge.cli.args import speculative_value
 from chatforge.engines.select import GGUF_QUANTIZE
 
 
@@ -37,6 +38,14 @@ def add_bench_command(sub: Any) -> None:
     p.add_argument("--stream-tokens", type=int, default=defaults.stream_tokens)
     p.add_argument("--no-server", action="store_true", help="skip the HTTP server measurement")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--speculative",
+        default=None,
+        type=speculative_value,
+        metavar="off|ngram|draft:MODEL",
+        help="speculative decoding on the llama.cpp engines (default: ngram; benchmarks/speculative.py "
+        "compares the modes)",
+    )
     p.add_argument("--out", default=None, help="write the Markdown report here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--json", dest="json_out", default=None, help="write raw results as JSON here")
@@ -58,6 +67,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         stream_tokens=args.stream_tokens,
         server=not args.no_server,
         threads=args.threads,
+        speculative=args.speculative,
         out=args.out,
         plot=args.plot,
         json_out=args.json_out,

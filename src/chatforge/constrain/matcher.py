@@ -112,6 +112,13 @@ class Constraint:
                 self.unknown_tool = True
         return out
 
+    def forced(self, limit: int) -> list[int]:
+        """Up to ``limit`` tokens the grammar allows no alternative to from here (a draft
+        for speculative decoding: the model still picks each one itself)."""
+        if limit <= 0 or self._matcher.is_stopped():
+            return []
+        return list(self._matcher.compute_ff_tokens())[:limit]
+
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):
             raise GrammarError(f"token {token} does not follow the grammar: {self._matcher.get_error()}")

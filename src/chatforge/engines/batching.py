@@ -57,6 +57,7 @@ _IDLE_EXIT = 10.0  # seconds a worker thread waits for work before it ends
 # arrivals at the server. A request alone pays the wait once.
 BATCH_WAIT = 0.005
 BATCH_WAIT_LIMIT = 6
+FORCED_DRAFT = 16  # the most tokens a grammar's forced continuation drafts at once
 
 
 class TokenSampler:
@@ -408,6 +409,13 @@ class BatchingEngine(Engine):
                 request.budget - len(request.generated) - 1,
                 self.context_length - len(request.prompt_ids) - len(request.generated) - 1,
             )
+            constraint = request.sampler.constraint
+            forced = constraint.forced(min(left, room, FORCED_DRAFT)) if constraint is not None else []
+            if forced:  # what the grammar leaves no choice about: a draft that costs nothing
+                item.ids = item.ids + forced
+                item.draft = len(forced)
+                room -= len(forced)
+                continue
             length = min(speculator.policy.want(), left, room)
             if length > 0:
                 asks.append((item, length))
