@@ -24,6 +24,7 @@ rate is the share of drafted tokens the model's own choice agreed with.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -119,21 +120,27 @@ def plain_run(llm: Any, ids: list[int], n: int, stops: set[int]) -> dict[str, An
     return {"tokens": made, "ttft": first, "tps": tps, "acceptance": None, "drafted": 0}
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def draft_memory_mb(engine: Any) -> float | None:
+    """What a draft model adds: its GGUF weights and its KV cache (f16 keys and values for
+    every position of every sequence)."""
+    draft = getattr(engine, "draft_model", None)
+    if draft is None:
+        return None
+    import llama_cpp
+
+    e = draft.engine
+    layers = llama_cpp.llama_model_n_layer(e._model)
+    width = llama_cpp.llama_model_n_embd(e._model) // llama_cpp.llama_model_n_head(e._model)
+    kv = 2 * 2 * layers * llama_cpp.llama_model_n_head_kv(e._model) * width * e.context_length * e.max_batch
+    return (Path(e.model_path).stat().st_size + kv) / 2**20
 
 
-def load(model: str, speculative: str, threads: int | None) -> tuple[Any, float]:
-    before = rss_mb()
+def load(model: str, speculative: str, threads: int | None) -> tuple[Any, float | None]:
     options: dict[str, Any] = {"speculative": speculative, "n_parallel": 1}
     if threads:
         options["n_threads"] = threads
     loaded = chat.load_model(model, engine="llama.cpp", context_length=4096, engine_options=options)
-    return loaded, rss_mb() - before
+    return loaded, draft_memory_mb(loaded.engine)
 
 
 def single(model_name: str, modes: list[str], workloads: list[str], opts: argparse.Namespace) -> list[dict]:
@@ -192,21 +199,26 @@ def streams(opts: argparse.Namespace, n: int = 4) -> list[dict]:
         served[mode] = chat.load_model("default", engine="llama.cpp", context_length=4096, engine_options=options)
     bench = BenchOptions(streams=[n], stream_tokens=opts.stream_tokens, server=True)
     results: dict[str, list[float]] = {mode: [] for mode in served}
-    for round_ in range(opts.runs):
-        for mode in list(served)[::-1] if round_ % 2 else list(served):
-            with served_streams(served[mode], bench) as run:
+    with contextlib.ExitStack() as stack:
+        runners = {mode: stack.enter_context(served_streams(model, bench)) for mode, model in served.items()}
+        for round_ in range(opts.runs):
+            for mode in list(served)[::-1] if round_ % 2 else list(served):
                 # A tag per request and run: no cached prefix beyond the system prompt.
-                got = run([f"[{mode}.{round_}.{i}] {text}" for i in range(n)])
-            results[mode].append(got["aggregate_tps"])
-            log.info("%d streams, speculation %s: %.1f tok/s", n, mode, got["aggregate_tps"])
+                got = runners[mode]([f"[{mode}.{round_}.{i}] {text}" for i in range(n)])
+                results[mode].append(got["aggregate_tps"])
+                log.info("%d streams, speculation %s: %.1f tok/s", n, mode, got["aggregate_tps"])
     base = statistics.median(results["off"])
     for mode, measured in results.items():
+        engine = served[mode].engine
         rows.append(
             {
                 "workload": f"{n} streams through the server, code edit",
                 "subject": f"chatforge {mode}",
+                "prompt_tokens": len(chat_prompt(served[mode], text)),
+                "tokens": opts.stream_tokens,
                 "tps": statistics.median(measured),
                 "ratio": statistics.median(measured) / base,
+                "acceptance": engine.accepted_tokens / engine.drafted_tokens if engine.drafted_tokens else None,
                 "runs": measured,
             }
         )
@@ -220,7 +232,7 @@ def markdown(rows: list[dict], command: str, machine: dict) -> str:
         f"Measured {machine['when']} on {machine['cpu']}, {machine['cores']} cores, "
         f"threads {machine['threads'] or 'all'}, load before {machine['load_before']:.2f}. Command: `{command}`",
         "",
-        "| model | workload | subject | prompt tokens | reply tokens | decode tok/s | vs plain | acceptance | memory (MB) |",
+        "| model | workload | subject | prompt tokens | reply tokens | decode tok/s | vs plain | acceptance | draft model memory (MB) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:

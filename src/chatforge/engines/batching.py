@@ -185,6 +185,8 @@ class BatchingEngine(Engine):
         self.batch_wait = BATCH_WAIT
         self.speculation = Speculation("off")
         self.draft_model: DraftModel | None = None
+        self.drafted_tokens = 0  # over every request so far (speculative decoding)
+        self.accepted_tokens = 0
 
     # -- the caller's side -------------------------------------------------------
     def generate_ids(
@@ -456,6 +458,8 @@ class BatchingEngine(Engine):
                 break
         accepted = sum(1 for i, got in enumerate(taken) if i < len(draft) and got[1] == draft[i])
         record(request, len(draft), accepted)
+        self.drafted_tokens += len(draft)
+        self.accepted_tokens += accepted
         # The cache holds the fed token and the whole draft; the last token taken is not in it.
         rejected = len(item.ids) - len(taken)
         if rejected > 0:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from chatforge.engines.base import EngineError, GenerationStats, KVState, SamplingParams
 
 if TYPE_CHECKING:
@@ -194,6 +196,33 @@ def record(request: Request, drafted: int, accepted: int) -> None:
         request.speculator.policy.record(drafted, accepted)
 
 
+# A draft ends before a token its model gives less than this probability: such guesses are
+# mostly rejected, and each costs a draft-model step and a verified position.
+DRAFT_P_MIN = 0.7
+UNSURE = -1  # what ConfidentPick returns instead of an unsure token (the draft's stop id)
+
+
+class ConfidentPick:
+    """The draft engine's sampler: the best token, or :data:`UNSURE` (which ends the draft)
+    when its probability is under ``p_min``."""
+
+    constraint = None
+
+    def __init__(self, p_min: float) -> None:
+        self.p_min = p_min
+
+    def __call__(self, logits: np.ndarray) -> int:
+        best = int(logits.argmax())
+        top = float(logits[best])
+        if not np.isfinite(top):
+            return UNSURE
+        share = 1.0 / float(np.exp(np.asarray(logits, dtype=np.float32) - top).sum())
+        return best if share >= self.p_min else UNSURE
+
+    def observe(self, token: int) -> None:
+        pass
+
+
 class DraftModel:
     """A smaller model that drafts for the target with greedy decoding, through its own
     llama.cpp engine: each stream keeps a conversation state there, so that a draft
@@ -205,27 +234,25 @@ class DraftModel:
         self.source = str(source)
 
     def propose(self, contexts: list[tuple[list[int], KVState]], lengths: list[int]) -> list[list[int]]:
-        """Greedy continuations of each context (up to its length), decoded together."""
+        """Greedy continuations of each context (up to its length, ended early where the
+        draft model is unsure), decoded together."""
         from chatforge.engines.batching import Request as DraftRequest
-        from chatforge.engines.batching import TokenSampler
 
         engine = self.engine
-        requests = []
+        requests: list[DraftRequest | None] = []
         for (ids, state), length in zip(contexts, lengths):
-            params = SamplingParams(max_new_tokens=length, do_sample=False)
+            params = SamplingParams(max_new_tokens=length, do_sample=False, stop_token_ids=[UNSURE])
             budget = max(0, min(length, engine.context_length - len(ids)))
             if budget <= 0:
                 requests.append(None)
                 continue
-            request = DraftRequest(
-                list(ids), params, GenerationStats(), state, None, budget, TokenSampler(params, ids)
-            )
-            requests.append(request)
-        live = [r for r in requests if r is not None]
-        engine.submit_all(live)
+            pick = ConfidentPick(DRAFT_P_MIN)
+            requests.append(DraftRequest(list(ids), params, GenerationStats(), state, None, budget, pick))
+        engine.submit_all([r for r in requests if r is not None])
         drafts = []
         for request in requests:
-            drafts.append([] if request is None else engine.collect(request))
+            tokens = [] if request is None else engine.collect(request)
+            drafts.append([t for t in tokens if t != UNSURE])
         return drafts
 
     def close(self) -> None:
