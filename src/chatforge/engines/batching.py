@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from chatforge.constrain.grammars import GrammarError
 from chatforge.constrain.matcher import Constraint, grammar_tokenizer
 from chatforge.engines.base import Engine, EngineError, GenerationStats, KVState, SamplingParams
 from chatforge.engines.sampling import apply_penalties, sample
-from chatforge.engines.speculative import DraftModel, Speculation, Speculator, record
+from chatforge.engines.speculative import DraftModel, Speculation, SpeculativeSteps, Speculator
 from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ _IDLE_EXIT = 10.0  # seconds a worker thread waits for work before it ends
 # arrivals at the server. A request alone pays the wait once.
 BATCH_WAIT = 0.005
 BATCH_WAIT_LIMIT = 6
-FORCED_DRAFT = 16  # the most tokens a grammar's forced continuation drafts at once
 
 
 class TokenSampler:
@@ -164,7 +163,7 @@ class Work:
     draft: int = 0  # the last ``draft`` ids are guesses: logits are wanted for each of them too
 
 
-class BatchingEngine(Engine):
+class BatchingEngine(SpeculativeSteps, Engine):
     """An engine whose requests share forward passes through one worker thread."""
 
     supports_grammar = True
@@ -226,9 +225,25 @@ class BatchingEngine(Engine):
                 self._cond.notify_all()
             request.released.wait()
 
-    def collect(self, request: Request) -> list[int]:
-        """All the tokens of a request given to :meth:`submit_all`."""
-        return list(self._stream(request))
+    def decode_together(
+        self,
+        contexts: list[tuple[list[int], KVState | None]],
+        lengths: list[int],
+        sampler: Callable[[], Any],
+        stop_token_ids: list[int],
+    ) -> list[list[int]]:
+        """Up to ``lengths`` tokens after each context, its requests submitted together so
+        that they share steps, each picked by a new ``sampler()`` (a draft model's drafts)."""
+        requests: list[Request | None] = []
+        for (ids, state), length in zip(contexts, lengths):
+            budget = min(length, self.context_length - len(ids))
+            if budget <= 0:
+                requests.append(None)
+                continue
+            params = SamplingParams(max_new_tokens=budget, do_sample=False, stop_token_ids=stop_token_ids)
+            requests.append(Request(list(ids), params, GenerationStats(), state, None, budget, sampler()))
+        self.submit_all([r for r in requests if r is not None])
+        return [[] if r is None else list(self._stream(r)) for r in requests]
 
     def _constraint(self, params: SamplingParams) -> Constraint | None:
         """The request's grammar state, made in the caller's thread (llguidance's view of the
@@ -396,79 +411,6 @@ class BatchingEngine(Engine):
                 taken.append(self._take(request, row))
         self._hand_over(taken)
         return True
-
-    # -- speculative decoding (chatforge.engines.speculative) ------------------------
-    def _add_drafts(self, work: list[Work], room: int) -> None:
-        """Append a draft to each decoding request's one token where its speculator has one,
-        within its budget, its context and the step's ``room``."""
-        asks: list[tuple[Work, int]] = []
-        for item in work:
-            request = item.request
-            speculator = request.speculator
-            if speculator is None or len(item.ids) != 1 or not request.generated or request.finished:
-                continue
-            left = min(
-                request.budget - len(request.generated) - 1,
-                self.context_length - len(request.prompt_ids) - len(request.generated) - 1,
-            )
-            constraint = request.sampler.constraint
-            forced = constraint.forced(min(left, room, FORCED_DRAFT)) if constraint is not None else []
-            if forced:  # what the grammar leaves no choice about: a draft that costs nothing
-                item.ids = item.ids + forced
-                item.draft = len(forced)
-                room -= len(forced)
-                continue
-            length = min(speculator.policy.want(), left, room)
-            if length > 0:
-                asks.append((item, length))
-                room -= length
-        if not asks:
-            return
-        if self.draft_model is not None:
-            contexts = [
-                (i.request.prompt_ids + i.request.generated, i.request.speculator.draft_state) for i, _ in asks
-            ]
-            try:
-                drafts = self.draft_model.propose(contexts, [n for _, n in asks])
-            except Exception as err:  # noqa: BLE001 - decoding goes on without drafts
-                log.warning("speculative decoding is off: the draft model failed: %s", err)
-                self.draft_model, self.speculation = None, Speculation("off")
-                return
-        else:
-            drafts = [i.request.speculator.ngram_draft(n) for i, n in asks]
-        for (item, length), draft in zip(asks, drafts):
-            draft = draft[:length]
-            if draft:
-                item.ids = item.ids + draft
-                item.draft = len(draft)
-
-    def _verify(self, item: Work, rows: np.ndarray) -> list[tuple[Request, int, bool] | None]:
-        """Take tokens from the rows of a step with a draft, as plain decoding would from one
-        row at a time, while each equals the draft's; drop the cached rest."""
-        request = item.request
-        draft = item.ids[len(item.ids) - item.draft :]
-        taken: list[tuple[Request, int, bool] | None] = []
-        for i in range(len(draft) + 1):
-            got = self._take(request, rows[i])
-            taken.append(got)
-            if got is None:  # sampling failed: the request has ended
-                return taken
-            _, token, last = got
-            if last or i == len(draft) or token != draft[i]:
-                break
-        accepted = sum(1 for i, got in enumerate(taken) if i < len(draft) and got[1] == draft[i])
-        record(request, len(draft), accepted)
-        self.drafted_tokens += len(draft)
-        self.accepted_tokens += accepted
-        # The cache holds the fed token and the whole draft; the last token taken is not in it.
-        rejected = len(item.ids) - len(taken)
-        if rejected > 0:
-            self._rollback(request, rejected)
-        return taken
-
-    def _rollback(self, request: Request, count: int) -> None:
-        """Drop the last ``count`` ids from the request's cache (a rejected draft's)."""
-        raise NotImplementedError(f"the {self.name} engine does not roll its cache back")
 
     def _take(self, request: Request, row: np.ndarray) -> tuple[Request, int, bool] | None:
         """Sample the request's next token from ``row``; the token to hand to its reader, and

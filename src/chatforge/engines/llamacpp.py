@@ -35,7 +35,7 @@ from chatforge.engines.amx import extra_buffers_default, extra_buffers_note
 from chatforge.engines.base import EngineError, KVState, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
 from chatforge.engines.kvstate import SeqState, StateFormatError, read_state, write_state
-from chatforge.engines.speculative import DraftModel, Speculation, check_vocabularies, parse_speculation
+from chatforge.engines.speculative import Speculation, load_draft, parse_speculation
 from chatforge.llama_lib import (
     default_threads,
     import_llama_cpp,
@@ -141,7 +141,9 @@ class LlamaCppEngine(BatchingEngine):
         self.speculation = parse_speculation(speculative)
         if self.speculation.mode == "draft":
             try:
-                self.draft_model = self._load_draft(self.speculation.draft_model, n_batch, extra_buffers)
+                self.draft_model = load_draft(
+                    LlamaCppEngine, self, self.speculation.draft_model, n_batch=n_batch, extra_buffers=extra_buffers
+                )
             except BaseException:
                 self.close()
                 raise
@@ -417,16 +419,13 @@ class LlamaCppEngine(BatchingEngine):
         # All rows with one call, as views: the worker samples from them before the next
         # decode overwrites them (a copy of each 150k-entry row cost more than its argmax).
         logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx), shape=(outputs, self.n_vocab))
-        rows: list[np.ndarray | None] = []
-        for position, item in enumerate(work):
-            first = wanted.get(position)
-            if first is None:
-                rows.append(None)
-            elif item.draft:
-                rows.append(logits[first : first + item.draft + 1])
-            else:
-                rows.append(logits[first])
-        return rows
+        # One row per item, or a draft's rows (its fed token's and each draft token's).
+        return [
+            None
+            if (first := wanted.get(i)) is None
+            else (logits[first : first + item.draft + 1] if item.draft else logits[first])
+            for i, item in enumerate(work)
+        ]
 
     def _rollback(self, request: Request, count: int) -> None:
         sequence: _Sequence = request.slot
@@ -436,32 +435,6 @@ class LlamaCppEngine(BatchingEngine):
             request.finish(EngineError("llama.cpp could not drop a rejected draft from the cache"))
             log.warning("speculative decoding is off: llama.cpp could not drop a rejected draft")
             self.speculation = Speculation("off")
-
-    def _load_draft(self, source: str | None, n_batch: int, extra_buffers: bool | None) -> DraftModel:
-        """The draft model of ``--speculative draft:MODEL``, a llama.cpp engine of its own with
-        as many sequences and threads, refused unless it has this model's vocabulary."""
-        from chatforge.engines.select import resolve_gguf
-
-        path = resolve_gguf(str(source))
-        engine = LlamaCppEngine(
-            path,
-            self.tokenizer,
-            context_length=self.context_length,
-            n_parallel=self.max_batch,
-            n_threads=self.n_threads,
-            n_batch=n_batch,
-            extra_buffers=extra_buffers,
-            share_prefixes=False,
-            speculative="off",
-        )
-        try:
-            check_vocabularies(self, engine, str(source))
-        except BaseException:
-            engine.close()
-            raise
-        engine.batch_wait = 0.0  # a step's drafts are handed over together
-        log.info("speculative decoding with the draft model %s", path.name)
-        return DraftModel(engine, path)
 
     def _release(self, request: Request, keep: int) -> None:
         sequence: _Sequence | None = request.slot

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.engines.amx import preferred_gguf
+from chatforge.engines.speculative import parse_speculation
 from chatforge.llama_lib import import_llama_cpp
 from chatforge.models.embedded import (
     assemble_gguf,
@@ -212,6 +213,11 @@ def build_engine(
             options.pop(remote_only, None)
         prefill = options.pop("prefill_model", None)
         prefill = prefill_weights(ref, prefill) if engine == "hybrid" else None
+        speculation = parse_speculation(options.pop("speculative", None))
+        if speculation.mode == "draft":  # a model name (0.5b) or a GGUF path: the draft's GGUF file
+            options["speculative"] = f"draft:{resolve_gguf(speculation.draft_model)}"
+        else:
+            options["speculative"] = str(speculation)
         gguf = resolve_gguf(ref, quantize)
         tokenizer, name = load_tokenizer(ref)
         if engine == "hybrid":

@@ -33,16 +33,14 @@ it would without speculation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from chatforge.engines.base import EngineError, GenerationStats, KVState, SamplingParams
-
-if TYPE_CHECKING:
-    from chatforge.engines.batching import BatchingEngine, Request
+from chatforge.engines.base import EngineError, GenerationStats, KVState
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +185,7 @@ class Speculator:
         return self.index.propose(limit)
 
 
-def record(request: Request, drafted: int, accepted: int) -> None:
+def record(request: Any, drafted: int, accepted: int) -> None:
     """Count a verified draft in the request's stats and its speculator's policy."""
     stats: GenerationStats = request.stats
     stats.drafted_tokens += drafted
@@ -229,34 +227,43 @@ class DraftModel:
     computes only the tokens added since the last one. The drafts of all streams in a step
     are decoded together, in the draft engine's batch."""
 
-    def __init__(self, engine: BatchingEngine, source: str | Path) -> None:
+    def __init__(self, engine: Any, source: str | Path) -> None:
         self.engine = engine
         self.source = str(source)
 
     def propose(self, contexts: list[tuple[list[int], KVState]], lengths: list[int]) -> list[list[int]]:
         """Greedy continuations of each context (up to its length, ended early where the
         draft model is unsure), decoded together."""
-        from chatforge.engines.batching import Request as DraftRequest
-
-        engine = self.engine
-        requests: list[DraftRequest | None] = []
-        for (ids, state), length in zip(contexts, lengths):
-            params = SamplingParams(max_new_tokens=length, do_sample=False, stop_token_ids=[UNSURE])
-            budget = max(0, min(length, engine.context_length - len(ids)))
-            if budget <= 0:
-                requests.append(None)
-                continue
-            pick = ConfidentPick(DRAFT_P_MIN)
-            requests.append(DraftRequest(list(ids), params, GenerationStats(), state, None, budget, pick))
-        engine.submit_all([r for r in requests if r is not None])
-        drafts = []
-        for request in requests:
-            tokens = [] if request is None else engine.collect(request)
-            drafts.append([t for t in tokens if t != UNSURE])
-        return drafts
+        drafts = self.engine.decode_together(contexts, lengths, lambda: ConfidentPick(DRAFT_P_MIN), [UNSURE])
+        return [[t for t in draft if t != UNSURE] for draft in drafts]
 
     def close(self) -> None:
         self.engine.close()
+
+
+def load_draft(factory: Callable[..., Any], target: Any, source: str | None, **options: Any) -> DraftModel:
+    """The draft model of ``--speculative draft:MODEL`` (a GGUF file; ``load_model`` resolves
+    model names): an engine of its own made by ``factory`` with as many sequences and threads
+    as ``target``, refused unless it has the target's vocabulary."""
+    path = Path(str(source))
+    engine = factory(
+        path,
+        target.tokenizer,
+        context_length=target.context_length,
+        n_parallel=target.max_batch,
+        n_threads=target.n_threads,
+        share_prefixes=False,
+        speculative="off",
+        **options,
+    )
+    try:
+        check_vocabularies(target, engine, str(source))
+    except BaseException:
+        engine.close()
+        raise
+    engine.batch_wait = 0.0  # a step's drafts are handed over together
+    log.info("speculative decoding with the draft model %s", path.name)
+    return DraftModel(engine, path)
 
 
 def check_vocabularies(target: Any, draft: Any, source: str) -> None:
@@ -276,3 +283,90 @@ def check_vocabularies(target: Any, draft: Any, source: str) -> None:
                 f"the draft model {source} does not share the model's tokenizer: token {token} is "
                 f"{draft.piece(token)!r} there and {target.piece(token)!r} here"
             )
+
+
+FORCED_DRAFT = 16  # the most tokens a grammar's forced continuation drafts at once
+
+
+class SpeculativeSteps:
+    """The batching engine's side of speculative decoding: drafts added to a step's decoding
+    requests, and the step's rows taken while they match (:class:`~chatforge.engines.batching.BatchingEngine`
+    mixes this in; an engine whose ``_forward`` returns a draft's rows sets ``supports_speculation``)."""
+
+    speculation: Speculation
+    draft_model: DraftModel | None
+    context_length: int
+    drafted_tokens: int
+    accepted_tokens: int
+
+    def _add_drafts(self, work: list[Any], room: int) -> None:
+        """Append a draft to each decoding request's one token where its speculator has one,
+        within its budget, its context and the step's ``room``."""
+        asks: list[tuple[Any, int]] = []
+        for item in work:
+            request = item.request
+            speculator = request.speculator
+            if speculator is None or len(item.ids) != 1 or not request.generated or request.finished:
+                continue
+            left = min(
+                request.budget - len(request.generated) - 1,
+                self.context_length - len(request.prompt_ids) - len(request.generated) - 1,
+            )
+            constraint = request.sampler.constraint
+            forced = constraint.forced(min(left, room, FORCED_DRAFT)) if constraint is not None else []
+            if forced:  # what the grammar leaves no choice about: a draft that costs nothing
+                item.ids = item.ids + forced
+                item.draft = len(forced)
+                room -= len(forced)
+                continue
+            length = min(speculator.policy.want(), left, room)
+            if length > 0:
+                asks.append((item, length))
+                room -= length
+        if not asks:
+            return
+        if self.draft_model is not None:
+            contexts = [
+                (i.request.prompt_ids + i.request.generated, i.request.speculator.draft_state) for i, _ in asks
+            ]
+            try:
+                drafts = self.draft_model.propose(contexts, [n for _, n in asks])
+            except Exception as err:  # noqa: BLE001 - decoding goes on without drafts
+                log.warning("speculative decoding is off: the draft model failed: %s", err)
+                self.draft_model, self.speculation = None, Speculation("off")
+                return
+        else:
+            drafts = [i.request.speculator.ngram_draft(n) for i, n in asks]
+        for (item, length), draft in zip(asks, drafts):
+            draft = draft[:length]
+            if draft:
+                item.ids = item.ids + draft
+                item.draft = len(draft)
+
+    def _verify(self, item: Any, rows: np.ndarray) -> list[tuple[Any, int, bool] | None]:
+        """Take tokens from the rows of a step with a draft, as plain decoding would from one
+        row at a time, while each equals the draft's; drop the cached rest."""
+        request = item.request
+        draft = item.ids[len(item.ids) - item.draft :]
+        taken: list[tuple[Any, int, bool] | None] = []
+        for i in range(len(draft) + 1):
+            got = self._take(request, rows[i])
+            taken.append(got)
+            if got is None:  # sampling failed: the request has ended
+                return taken
+            _, token, last = got
+            if last or i == len(draft) or token != draft[i]:
+                break
+        accepted = sum(1 for i, got in enumerate(taken) if i < len(draft) and got[1] == draft[i])
+        record(request, len(draft), accepted)
+        self.drafted_tokens += len(draft)
+        self.accepted_tokens += accepted
+        # The cache holds the fed token and the whole draft; the last token taken is not in it.
+        rejected = len(item.ids) - len(taken)
+        if rejected > 0:
+            self._rollback(request, rejected)
+        return taken
+
+    def _rollback(self, request: Any, count: int) -> None:
+        """Drop the last ``count`` ids from the request's cache (a rejected draft's)."""
+        raise NotImplementedError(f"the {self.name} engine does not roll its cache back")
