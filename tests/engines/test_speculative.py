@@ -18,7 +18,7 @@ from ties import assert_same_but_for_a_near_tie
 
 from chatforge.engines.base import EngineError, SamplingParams
 from chatforge.engines.batching import BatchingEngine, Request, Work
-from chatforge.engines.speculative import DraftPolicy, NgramIndex, Speculation, parse_speculation
+from chatforge.engines.speculative import DraftPolicy, NgramIndex, Payoff, Speculation, parse_speculation
 
 # -- the drafting parts ------------------------------------------------------------------
 
@@ -63,6 +63,33 @@ def test_draft_policy_grows_shrinks_and_rests():
     assert policy.pause == 3
 
 
+def test_payoff_judges_by_seconds_per_token_once_both_kinds_were_timed():
+    payoff = Payoff(samples=2)
+    payoff.add(True, 0.030)
+    payoff.add(True, 0.030)
+    assert payoff.pays()  # nothing to compare with yet
+    payoff.add(False, 0.020)
+    payoff.add(False, 0.020)
+    assert not payoff.pays()
+    for _ in range(10):  # drafts that pay: a few milliseconds a token
+        payoff.add(True, 0.004)
+    assert payoff.pays()
+
+
+def test_a_slow_drafting_stream_rests_longer_each_time():
+    policy = DraftPolicy(pause=2, longest_pause=8)
+    policy.slow()
+    assert [policy.want() for _ in range(3)] == [0, 0, 4]
+    policy.slow()
+    assert [policy.want() for _ in range(5)] == [0, 0, 0, 0, 4]
+    policy.slow()
+    policy.slow()  # already resting: no longer
+    assert sum(policy.want() == 0 for _ in range(12)) == 8
+    policy.fast()
+    policy.slow()
+    assert [policy.want() for _ in range(3)] == [0, 0, 4]
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -98,6 +125,7 @@ class ContextModelEngine(BatchingEngine):
         rng = np.random.default_rng(0)
         self.table = (sharpness * rng.standard_normal((vocab, vocab, vocab))).astype(np.float32)
         self.speculation = parse_speculation(speculative)
+        self.payoff = Payoff(samples=10**9)  # no timing: these tests are about the tokens
         self.passes: list[int] = []  # tokens fed per forward pass
 
     def _logits(self, ids: list[int]) -> np.ndarray:
@@ -196,6 +224,7 @@ def engines(smollm_path, smollm_tokenizer):
         )
         for mode in ("off", "ngram")
     }
+    made["ngram"].payoff = Payoff(samples=10**9)  # drafts whatever the timing (a loaded machine)
     yield made
     for engine in made.values():
         engine.close()

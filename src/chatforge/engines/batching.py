@@ -35,7 +35,7 @@ from chatforge.constrain.grammars import GrammarError
 from chatforge.constrain.matcher import Constraint, grammar_tokenizer
 from chatforge.engines.base import Engine, EngineError, GenerationStats, KVState, SamplingParams
 from chatforge.engines.sampling import apply_penalties, sample
-from chatforge.engines.speculative import DraftModel, Speculation, SpeculativeSteps, Speculator
+from chatforge.engines.speculative import DraftModel, Payoff, Speculation, SpeculativeSteps, Speculator
 from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ class BatchingEngine(SpeculativeSteps, Engine):
         self.draft_model: DraftModel | None = None
         self.drafted_tokens = 0  # over every request so far (speculative decoding)
         self.accepted_tokens = 0
+        self.payoff = Payoff()
 
     # -- the caller's side -------------------------------------------------------
     def generate_ids(
@@ -387,7 +388,9 @@ class BatchingEngine(SpeculativeSteps, Engine):
             room -= len(ids)
         if not work:
             return bool(ready)
+        step_started = time.perf_counter()
         self._add_drafts(work, room)
+        decode_only = all(len(item.ids) - item.draft == 1 for item in work)
         started = time.perf_counter()
         try:
             rows = self._forward(work)
@@ -409,6 +412,8 @@ class BatchingEngine(SpeculativeSteps, Engine):
                 taken.extend(self._verify(item, row))
             else:
                 taken.append(self._take(request, row))
+        if decode_only:
+            self._time_step(work, sum(got is not None for got in taken), time.perf_counter() - step_started)
         self._hand_over(taken)
         return True
 

@@ -139,6 +139,7 @@ class DraftPolicy:
         self.pause = pause
         self.first_pause = pause
         self.longest_pause = longest_pause
+        self.slow_pause = pause  # the next rest when drafting is measured slower (Payoff)
         self.misses = 0  # drafts in a row that gained less than a token
         self.resting = 0  # steps left without drafting
 
@@ -148,6 +149,15 @@ class DraftPolicy:
             self.resting -= 1
             return 0
         return self.length
+
+    def slow(self) -> None:
+        """Drafting was measured slower than plain steps: rest, longer each time in a row."""
+        if self.resting == 0:
+            self.resting = self.slow_pause
+            self.slow_pause = min(self.longest_pause, self.slow_pause * 2)
+
+    def fast(self) -> None:
+        self.slow_pause = self.first_pause
 
     def record(self, drafted: int, accepted: int) -> None:
         if drafted <= 0:
@@ -166,6 +176,32 @@ class DraftPolicy:
             self.resting = self.pause
             self.pause = min(self.longest_pause, self.pause * 2)
             self.length = self.first
+
+
+class Payoff:
+    """Whether drafting pays on this engine and workload, measured: the seconds per token of
+    decode steps with drafts and of those without, as moving averages. A draft model that
+    costs half as much as the model per token, or n-grams checked at length that keep
+    failing, make a step with drafts slower per token than one without."""
+
+    def __init__(self, weight: float = 0.2, samples: int = 4, margin: float = 1.02) -> None:
+        self.weight = weight
+        self.samples = samples
+        self.margin = margin
+        self.per_token = {True: 0.0, False: 0.0}
+        self.count = {True: 0, False: 0}
+
+    def add(self, drafted: bool, seconds_per_token: float) -> None:
+        n = self.count[drafted]
+        old = self.per_token[drafted]
+        self.per_token[drafted] = seconds_per_token if n == 0 else old + self.weight * (seconds_per_token - old)
+        self.count[drafted] = n + 1
+
+    def pays(self) -> bool:
+        """False once both kinds of step have been timed and drafting is the slower."""
+        if min(self.count.values()) < self.samples:
+            return True
+        return self.per_token[True] <= self.margin * self.per_token[False]
 
 
 class Speculator:
@@ -298,6 +334,7 @@ class SpeculativeSteps:
     context_length: int
     drafted_tokens: int
     accepted_tokens: int
+    payoff: Payoff
 
     def _add_drafts(self, work: list[Any], room: int) -> None:
         """Append a draft to each decoding request's one token where its speculator has one,
@@ -366,6 +403,25 @@ class SpeculativeSteps:
         if rejected > 0:
             self._rollback(request, rejected)
         return taken
+
+    def _time_step(self, work: list[Any], tokens: int, seconds: float) -> None:
+        """Time a decode step for :class:`Payoff`; where drafting is the slower, the streams
+        that drafted in it rest (an n-gram draft's acceptance alone does not show this)."""
+        if tokens <= 0 or not any(item.request.speculator for item in work):
+            return
+        drafted = any(item.draft for item in work)
+        self.payoff.add(drafted, seconds / tokens)
+        if not drafted:
+            return
+        pays = self.payoff.pays()
+        for item in work:
+            speculator = item.request.speculator
+            if speculator is None or not item.draft:
+                continue
+            if pays:
+                speculator.policy.fast()
+            else:
+                speculator.policy.slow()
 
     def _rollback(self, request: Any, count: int) -> None:
         """Drop the last ``count`` ids from the request's cache (a rejected draft's)."""
