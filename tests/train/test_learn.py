@@ -206,6 +206,6 @@ def test_the_sets_are_disjoint_and_the_defaults_load():
     controls = {normalise(p) for p in builtin_set("controls").prompts}
     assert len(controls) == 20 and not replay & controls
     cfg = load_learn_config(overrides={"lora.r": 2})
-    assert cfg.train["method.name"] == "adalora" and cfg.train["lora.r"] == 2 and cfg.learn.repeats == 8
+    assert cfg.train["method.name"] == "adalora" and cfg.train["lora.r"] == 2 and cfg.learn.repeats == 24
     with pytest.raises(ValueError, match="unknown field 'learn.nope'"):
         load_learn_config(overrides={"learn.nope": 1})
