@@ -116,6 +116,10 @@ def test_into_adds_a_fact_rechecks_the_earlier_one_and_sets_a_failure_aside(
     assert not (second.output / "adapter_config.json").exists()
     rejected = second.output / "rejected"
     assert (rejected / "adapter_config.json").exists()
+    from chatforge.models.loader import ModelNotFoundError, attach_adapter
+
+    with pytest.raises(ModelNotFoundError, match="rejected this adapter"):
+        attach_adapter(confident_model(tiny_tokenizer), second.output)
     held = json.loads((rejected / "learned.json").read_text(encoding="utf-8"))
     assert [f["prompt"] for f in held["facts"]] == [PROMPT, "What is my favourite colour?"]
     assert json.loads((second.output / "learn_report.json").read_text(encoding="utf-8"))["passed"] is False
