@@ -116,6 +116,10 @@ def test_into_adds_a_fact_rechecks_the_earlier_one_and_sets_a_failure_aside(
     assert not (second.output / "adapter_config.json").exists()
     rejected = second.output / "rejected"
     assert (rejected / "adapter_config.json").exists()
+    from chatforge.models.loader import ModelNotFoundError, attach_adapter
+
+    with pytest.raises(ModelNotFoundError, match="rejected this adapter"):
+        attach_adapter(confident_model(tiny_tokenizer), second.output)
     held = json.loads((rejected / "learned.json").read_text(encoding="utf-8"))
     assert [f["prompt"] for f in held["facts"]] == [PROMPT, "What is my favourite colour?"]
     assert json.loads((second.output / "learn_report.json").read_text(encoding="utf-8"))["passed"] is False
@@ -206,6 +210,6 @@ def test_the_sets_are_disjoint_and_the_defaults_load():
     controls = {normalise(p) for p in builtin_set("controls").prompts}
     assert len(controls) == 20 and not replay & controls
     cfg = load_learn_config(overrides={"lora.r": 2})
-    assert cfg.train["method.name"] == "adalora" and cfg.train["lora.r"] == 2 and cfg.learn.repeats == 8
+    assert cfg.train["method.name"] == "adalora" and cfg.train["lora.r"] == 2 and cfg.learn.repeats == 24
     with pytest.raises(ValueError, match="unknown field 'learn.nope'"):
         load_learn_config(overrides={"learn.nope": 1})

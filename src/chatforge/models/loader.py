@@ -132,6 +132,11 @@ def attach_adapter(model: Any, adapter: str | Path) -> Any:
     """The model with a PEFT adapter (LoRA, AdaLoRA, P-Tuning v2 prefix) attached for inference."""
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").exists():
+        if (path / "rejected" / "adapter_config.json").exists():
+            raise ModelNotFoundError(
+                f"{path}: chatforge learn's retention check rejected this adapter (see "
+                f"{path / 'learn_report.json'}); it is kept in {path / 'rejected'}: pass that to use it anyway"
+            )
         raise ModelNotFoundError(f"{path} is not an adapter directory (no adapter_config.json)")
     from peft import PeftModel
 

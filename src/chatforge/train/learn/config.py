@@ -23,8 +23,8 @@ DEFAULTS = Path(__file__).with_name("defaults.yaml")
 class LearnOptions:
     """How a fact is turned into training rows and when training stops."""
 
-    repeats: int = 8  # copies of each new fact's samples
-    earlier_repeats: int = 2  # copies of each earlier fact's samples (--into)
+    repeats: int = 24  # copies of each new fact's samples
+    earlier_repeats: int = 6  # copies of each earlier fact's samples (--into)
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
     check_every: int = 2  # optimiser steps between tests of the stopping criterion
     min_steps: int = 6  # no stop before this step

@@ -338,7 +338,7 @@ def _verdict(passed: bool, kept: Any, recalls: list[dict[str, Any]]) -> str:
 def _suggestions(kept: Any, recalls: list[dict[str, Any]]) -> list[str]:
     tips = []
     if any(not r["recalled"] for r in recalls):
-        tips.append("train longer: --set training.max_steps=36 (or --set learn.repeats=12)")
+        tips.append("train longer: --set training.max_steps=36 (or --set learn.repeats=36)")
         tips.append("add paraphrases of the prompt (--paraphrase), so the fact is asked more than one way")
     if kept.leaked:
         tips.append("hold the rest closer to the base model: --set training.kl_to_base=40")

@@ -5,7 +5,8 @@ runs two teacher-forced forward passes in float32 (:func:`~.answers.reproduces` 
 :func:`agreement`): does greedy decoding now give each fact's training answer, and would it
 still give the base model's control answers (a control counts when its first
 ``min_rouge_l`` % of tokens come back unchanged)? Training
-stops when both hold; ``training.max_steps`` is only the cap. The final verdict is the
+stops when both hold; ``training.max_steps`` is only the cap. The controls' pass (the larger
+one) runs only once the facts are reproduced. The final verdict is the
 generated retention check afterwards, not this estimate.
 
 After the facts are first reproduced, further steps mostly shrink the KL term (the facts'
@@ -66,16 +67,20 @@ class StopWhenLearned(TrainerCallback):
         inner.eval()
         try:
             reproduced = reproduces(inner, self.template, self.facts)
-            pad = self.template.tokenizer.pad_token_id
-            shares = agreement(inner, self.controls, int(pad if pad is not None else 0))
+            # The controls' pass is the larger one: only run it once the facts are there.
+            shares = None
+            if all(reproduced):
+                pad = self.template.tokenizer.pad_token_id
+                shares = agreement(inner, self.controls, int(pad if pad is not None else 0))
         finally:
             inner.train(was_training)
-        kept = sum(s >= self.min_agreement for s in shares)
+        kept = None if shares is None else sum(s >= self.min_agreement for s in shares)
         row = {"step": step, "facts_reproduced": sum(reproduced), "facts": len(reproduced),
-               "controls_agreeing": kept, "controls": len(shares)}  # fmt: skip
+               "controls_agreeing": kept, "controls": len(self.controls)}  # fmt: skip
         self.history.append(row)
-        log.info("step %d: %d/%d facts reproduced, %d/%d controls agree with the base model", step,
-                 row["facts_reproduced"], row["facts"], kept, len(shares))  # fmt: skip
-        if all(reproduced) and kept >= self.min_kept * len(shares) - 1e-9:
+        log.info("step %d: %d/%d facts reproduced, %s/%d controls agree with the base model", step,
+                 row["facts_reproduced"], row["facts"], "?" if kept is None else kept,
+                 len(self.controls))  # fmt: skip
+        if kept is not None and kept >= self.min_kept * len(self.controls) - 1e-9:
             self.stopped_at = step
             control.should_training_stop = True
