@@ -9,7 +9,8 @@
 Workloads (greedy, on the same GGUF with the same threads):
 
 * **code edit**: a 150-line Python file, "rename function X to Y and return the whole file";
-* **quote-heavy**: answering from a ~1,000-token tool result that the answer quotes;
+* **quote-heavy**: answering from a ~1,000-token tool result, its records quoted as they are
+  (the pending orders' JSON) or reformatted (each order as a line of its own form);
 * **open chat**: the decode prompt of ``chatforge bench``;
 * **draft model**: the 1.5B model with the 0.5B default as its draft, open chat;
 * **streams**: 4 concurrent code-edit requests through ``chatforge serve``'s HTTP API,
@@ -77,14 +78,26 @@ def tool_result(records: int = 24) -> str:
     return json.dumps({"orders": rows}, indent=1)
 
 
-def quote_prompt() -> str:
+def reformat_prompt() -> str:
     return (
         "A tool returned these orders:\n\n" + tool_result() + "\n\nList every order as one line in the "
         "form `order_id: customer (city) - quantity x item, status`, in the order given."
     )
 
 
-WORKLOADS = {"code edit": code_edit_prompt, "quote-heavy": quote_prompt, "open chat": lambda: STORY}
+def quote_prompt() -> str:
+    return (
+        "A tool returned these orders:\n\n" + tool_result() + "\n\nWhich orders are still pending? Answer "
+        "with their records exactly as the tool gave them, as a JSON list."
+    )
+
+
+WORKLOADS = {
+    "code edit": code_edit_prompt,
+    "quote-heavy: records quoted": quote_prompt,
+    "quote-heavy: records reformatted": reformat_prompt,
+    "open chat": lambda: STORY,
+}
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -254,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--draft-target", default="1.5b", help="the model the draft model drafts for")
     p.add_argument("--draft", default="0.5b", help="the draft model")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated single-stream workloads")
     p.add_argument("--json", default=None, help="write the rows as JSON here")
     opts = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     machine = machine_info(opts.threads)
     rows: list[dict] = []
     if opts.part in ("all", "single"):
-        rows += single("default", ["off", "ngram"], list(WORKLOADS), opts)
+        rows += single("default", ["off", "ngram"], [w.strip() for w in opts.workloads.split(",")], opts)
     if opts.part in ("all", "draft"):
         rows += single(opts.draft_target, ["off", f"draft:{opts.draft}"], ["open chat", "code edit"], opts)
     if opts.part in ("all", "streams"):

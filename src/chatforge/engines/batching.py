@@ -389,7 +389,7 @@ class BatchingEngine(SpeculativeSteps, Engine):
         if not work:
             return bool(ready)
         step_started = time.perf_counter()
-        self._add_drafts(work, room)
+        drafting = self._add_drafts(work, room)
         decode_only = all(len(item.ids) - item.draft == 1 for item in work)
         started = time.perf_counter()
         try:
@@ -413,7 +413,8 @@ class BatchingEngine(SpeculativeSteps, Engine):
             else:
                 taken.append(self._take(request, row))
         if decode_only:
-            self._time_step(work, sum(got is not None for got in taken), time.perf_counter() - step_started)
+            seconds = time.perf_counter() - step_started
+            self._time_step(work, drafting, sum(got is not None for got in taken), seconds)
         self._hand_over(taken)
         return True
 

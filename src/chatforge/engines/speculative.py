@@ -336,10 +336,12 @@ class SpeculativeSteps:
     accepted_tokens: int
     payoff: Payoff
 
-    def _add_drafts(self, work: list[Any], room: int) -> None:
+    def _add_drafts(self, work: list[Any], room: int) -> list[Any]:
         """Append a draft to each decoding request's one token where its speculator has one,
-        within its budget, its context and the step's ``room``."""
+        within its budget, its context and the step's ``room``. Returns the items that drafted
+        or asked for a draft (an empty one from a draft model cost a pass too)."""
         asks: list[tuple[Any, int]] = []
+        tried: list[Any] = []
         for item in work:
             request = item.request
             speculator = request.speculator
@@ -355,14 +357,16 @@ class SpeculativeSteps:
                 item.ids = item.ids + forced
                 item.draft = len(forced)
                 room -= len(forced)
+                tried.append(item)
                 continue
             length = min(speculator.policy.want(), left, room)
             if length > 0:
                 asks.append((item, length))
                 room -= length
         if not asks:
-            return
+            return tried
         if self.draft_model is not None:
+            tried += [item for item, _ in asks]  # a draft model's pass costs, drafts or not
             contexts = [
                 (i.request.prompt_ids + i.request.generated, i.request.speculator.draft_state) for i, _ in asks
             ]
@@ -371,7 +375,7 @@ class SpeculativeSteps:
             except Exception as err:  # noqa: BLE001 - decoding goes on without drafts
                 log.warning("speculative decoding is off: the draft model failed: %s", err)
                 self.draft_model, self.speculation = None, Speculation("off")
-                return
+                return tried
         else:
             drafts = [i.request.speculator.ngram_draft(n) for i, n in asks]
         for (item, length), draft in zip(asks, drafts):
@@ -379,6 +383,9 @@ class SpeculativeSteps:
             if draft:
                 item.ids = item.ids + draft
                 item.draft = len(draft)
+                if self.draft_model is None:
+                    tried.append(item)
+        return tried
 
     def _verify(self, item: Any, rows: np.ndarray) -> list[tuple[Any, int, bool] | None]:
         """Take tokens from the rows of a step with a draft, as plain decoding would from one
@@ -404,19 +411,20 @@ class SpeculativeSteps:
             self._rollback(request, rejected)
         return taken
 
-    def _time_step(self, work: list[Any], tokens: int, seconds: float) -> None:
+    def _time_step(self, work: list[Any], drafting: list[Any], tokens: int, seconds: float) -> None:
         """Time a decode step for :class:`Payoff`; where drafting is the slower, the streams
         that drafted in it rest (an n-gram draft's acceptance alone does not show this)."""
         if tokens <= 0 or not any(item.request.speculator for item in work):
             return
-        drafted = any(item.draft for item in work)
-        self.payoff.add(drafted, seconds / tokens)
-        if not drafted:
+        self.payoff.add(bool(drafting), seconds / tokens)
+        if not drafting:
             return
-        pays = self.payoff.pays()
-        for item in work:
+        # Steps without drafts are needed to compare with: where none came (a draft model
+        # always drafts), the streams rest a while to time some.
+        pays = self.payoff.pays() and self.payoff.count[False] >= min(self.payoff.count[True], self.payoff.samples)
+        for item in drafting:
             speculator = item.request.speculator
-            if speculator is None or not item.draft:
+            if speculator is None:
                 continue
             if pays:
                 speculator.policy.fast()
