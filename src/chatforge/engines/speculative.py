@@ -414,7 +414,10 @@ class SpeculativeSteps:
     def _time_step(self, work: list[Any], drafting: list[Any], tokens: int, seconds: float) -> None:
         """Time a decode step for :class:`Payoff`; where drafting is the slower, the streams
         that drafted in it rest (an n-gram draft's acceptance alone does not show this)."""
-        if tokens <= 0 or not any(item.request.speculator for item in work):
+        # Only a draft model's cost needs timing: a failed n-gram draft costs one checked
+        # position, which DraftPolicy's acceptance rule already bounds (timing them made
+        # streams that copy rest on a noisy step or two: 1.2-3.5x instead of 3.5x).
+        if tokens <= 0 or self.draft_model is None or not any(item.request.speculator for item in work):
             return
         self.payoff.add(bool(drafting), seconds / tokens)
         if not drafting:
