@@ -201,10 +201,11 @@ class BatchingEngine(SpeculativeSteps, Engine):
         sampler = TokenSampler(params, prompt_ids, self._constraint(params))
         request = Request(list(prompt_ids), params, stats, state, cancel, budget, sampler)
         if self.speculation.on and self.supports_speculation:
-            request.speculator = Speculator(request.prompt_ids, self.draft_model)
-            if self.draft_model is not None and state is not None:  # the draft's cache stays with the conversation
-                state.draft = state.draft or KVState()
-                request.speculator.draft_state = state.draft
+            request.speculator = Speculator(request.prompt_ids)
+            if self.draft_model is not None:  # its cache of the context stays with the conversation
+                if state is not None:
+                    state.draft = state.draft or KVState()
+                request.speculator.draft_state = state.draft if state is not None else KVState()
         self.submit_all([request])
         yield from self._stream(request)
 
@@ -265,7 +266,7 @@ class BatchingEngine(SpeculativeSteps, Engine):
         self._last_arrival = time.perf_counter()
 
     def submit_all(self, requests: list[Request]) -> None:
-        """Hand requests to the worker together (read each with :meth:`collect`)."""
+        """Hand requests to the worker together (read each with :meth:`_stream`)."""
         with self._cond:
             if self._stopping:
                 raise EngineError(f"the {self.name} engine is closed")

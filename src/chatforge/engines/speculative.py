@@ -19,7 +19,8 @@ from that position's logits, exactly as plain decoding would (same penalties, gr
 random draws, in the same order); while its pick equals the draft's token the next
 position is taken too, and the first pick that differs ends the step. With a draft that is
 a fixed function of the context (both kinds here are), every token is thus drawn from the
-target model's own distribution: greedy output is plain decoding's, sampled output keeps
+target model's own distribution: greedy output is plain decoding's (on llama.cpp, but for a
+near-tie: a batch's arithmetic differs from one token's in the last bits), sampled output keeps
 its distribution (for a deterministic draft this *is* standard speculative sampling, whose
 rejection step resamples from the target with the draft token removed). The rejected
 positions' keys and values are dropped from the cache.
@@ -179,10 +180,10 @@ class DraftPolicy:
 
 
 class Payoff:
-    """Whether drafting pays on this engine and workload, measured: the seconds per token of
-    decode steps with drafts and of those without, as moving averages. A draft model that
-    costs half as much as the model per token, or n-grams checked at length that keep
-    failing, make a step with drafts slower per token than one without."""
+    """Whether drafting with a draft model pays on this engine and workload, measured: the
+    seconds per token of decode steps with drafts and of those without, as moving averages.
+    A draft model whose pass costs a large share of the model's (the 0.5B for the 1.5B on two
+    cores: about 40%) makes a step with drafts slower per token than one without."""
 
     def __init__(self, weight: float = 0.2, samples: int = 4, margin: float = 1.02) -> None:
         self.weight = weight
@@ -206,13 +207,12 @@ class Payoff:
 
 class Speculator:
     """One request's drafting: the n-gram index of its prompt and reply, its policy, and
-    (with a draft model) the draft model's cache of its context."""
+    (with a draft model, set by the engine) the draft model's cache of its context."""
 
-    def __init__(self, prompt_ids: list[int], draft_model: DraftModel | None = None) -> None:
+    def __init__(self, prompt_ids: list[int]) -> None:
         self.index = NgramIndex(prompt_ids)
         self.policy = DraftPolicy()
-        self.draft_model = draft_model
-        self.draft_state = KVState() if draft_model is not None else None
+        self.draft_state: KVState | None = None
 
     def observe(self, token: int) -> None:
         self.index.extend([token])
@@ -263,9 +263,8 @@ class DraftModel:
     computes only the tokens added since the last one. The drafts of all streams in a step
     are decoded together, in the draft engine's batch."""
 
-    def __init__(self, engine: Any, source: str | Path) -> None:
+    def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.source = str(source)
 
     def propose(self, contexts: list[tuple[list[int], KVState]], lengths: list[int]) -> list[list[int]]:
         """Greedy continuations of each context (up to its length, ended early where the
@@ -299,7 +298,7 @@ def load_draft(factory: Callable[..., Any], target: Any, source: str | None, **o
         raise
     engine.batch_wait = 0.0  # a step's drafts are handed over together
     log.info("speculative decoding with the draft model %s", path.name)
-    return DraftModel(engine, path)
+    return DraftModel(engine)
 
 
 def check_vocabularies(target: Any, draft: Any, source: str) -> None:
