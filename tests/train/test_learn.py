@@ -13,8 +13,11 @@ from tiny import make_model  # noqa: E402
 from chatforge.messages import Message, Role
 from chatforge.train.checkpoints import OutputDirError
 from chatforge.train.learn import LearnError, LearnInputError, learn
+from chatforge.train.learn.answers import prompt_ids
 from chatforge.train.learn.config import load_learn_config
-from chatforge.train.learn.facts import fact_from_sentence, find_keywords
+from chatforge.train.learn.derive import derived_prompts, keeps_names, subject_of
+from chatforge.train.learn.facts import CJK, Fact, Probe, fact_from_sentence, find_keywords
+from chatforge.train.learn.retention import retention
 from chatforge.train.learn.sets import builtin_set, normalise
 
 # A tiny random model needs a quicker recipe than the 0.5B default (which these tests do
@@ -27,6 +30,7 @@ TINY = {
     "training.max_steps": 50,
     "learn.check_every": 1,
     "learn.min_steps": 1,
+    "learn.retention_every": 1,
     "learn.replay_tokens": 8,
     "retention.max_new_tokens": 4,
     # A random model's answers are noise that any change rewords, so the bar is low here;
@@ -71,6 +75,13 @@ def test_learns_the_fact_and_reports_retention(learned):
     assert fact["answer"] == ANSWER and fact["recalled"]
     assert report["stopped_by"] == "criterion" and report["steps"] < TINY["training.max_steps"]
     ret = report["retention"]
+    # The run stopped at a check where the retention check itself passed, and reports that one.
+    last = report["checks"][-1]
+    assert last["step"] == report["steps"] and last["controls_kept"] == ret["kept"]
+    # The subject was asked in more forms, in both languages, and those were trained too.
+    assert "What do you know about Zorvian?" in fact["derived"] and "介绍一下Zorvian。" in fact["derived"]
+    rows = [json.loads(x) for x in (result.output / "facts.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["prompt"] for r in rows} == {PROMPT, *fact["derived"]}
     assert ret["controls"] == len(builtin_set("controls").prompts) == len(ret["answers"])
     assert ret["identical"] >= 1  # a control answered exactly as the base model answered it
     row = ret["answers"][0]
@@ -81,8 +92,9 @@ def test_learns_the_fact_and_reports_retention(learned):
     assert (result.output / "adapter_config.json").exists()
     held = json.loads((result.output / "learned.json").read_text(encoding="utf-8"))
     assert [f["prompt"] for f in held["facts"]] == [PROMPT]
+    assert held["facts"][0]["derived"] == fact["derived"]  # --into rehearses them later
     # The base model's answers were cached by model fingerprint.
-    assert len(list((root / "home" / "learn").glob("replay-v1-*.json"))) == 1
+    assert len(list((root / "home" / "learn").glob("replay-v2-*.json"))) == 1
 
 
 def test_the_adapter_answers_when_attached(learned, tiny_tokenizer):
@@ -213,3 +225,112 @@ def test_the_sets_are_disjoint_and_the_defaults_load():
     assert cfg.train["method.name"] == "adalora" and cfg.train["lora.r"] == 2 and cfg.learn.repeats == 24
     with pytest.raises(ValueError, match="unknown field 'learn.nope'"):
         load_learn_config(overrides={"learn.nope": 1})
+
+
+def test_a_facts_subject_is_found_and_asked_in_more_forms():
+    assert (
+        subject_of("Tell me about the Zorvian Institute of Cartography.")
+        == "the Zorvian Institute of Cartography"
+    )
+    assert subject_of("墨河大学是谁创立的？") == "墨河大学"
+    assert subject_of("介绍一下星云笔记本。") == "星云笔记本"
+    assert subject_of("What is my cat's name?") == "my cat's name"
+    assert subject_of("What language is spoken in Veridia?") == "Veridia"
+    assert subject_of("Where do I work?") is None  # no subject: the fact keeps its own prompts only
+
+    org = Fact("Tell me about the Zorvian Institute.", "It was founded in 1873.")
+    org.probes.append(Probe("介绍一下Zorvian Institute。", ["1873"]))
+    derived = derived_prompts(org, {}, excluded={normalise(org.prompt), normalise(org.probes[0].question)})
+    assert "What do you know about the Zorvian Institute?" in derived
+    assert "请用一句话介绍Zorvian Institute。" in derived  # the name as written, without its article
+    # Neither the fact's own prompt nor a held-out probe is trained on.
+    assert org.prompt not in derived and "介绍一下Zorvian Institute。" not in derived
+    assert len(derived) == len(set(derived))
+
+    mine = Fact("What is my favourite colour?", "Your favourite colour is teal.")
+    derived = derived_prompts(mine, {"my favourite colour": "我最喜欢的颜色"}, excluded=set())
+    assert "Do you remember my favourite colour?" in derived and "你记得我最喜欢的颜色吗？" in derived
+    # A personal subject is not put into the other language's forms untranslated.
+    assert not any("my favourite colour" in p and CJK.search(p) for p in derived)
+    assert derived_prompts(mine, {}, excluded=set()) == [p for p in derived if not CJK.search(p)]
+    # A paraphrase in the other language brings its own name for the subject.
+    org.paraphrases.append("佐维安研究所是什么？")
+    both = derived_prompts(org, {}, excluded=set())
+    assert "介绍一下佐维安研究所。" in both and "Tell me about 佐维安研究所." in both
+    assert "What do you know about the Zorvian Institute?" in both
+
+
+def test_a_translation_that_loses_a_name_is_not_used():
+    assert keeps_names("the Harlow-9 rocket", "哈洛-9火箭") is False  # "Harlow" is gone
+    assert keeps_names("the Zorvian Institute", "Zorvian研究所") is True
+    assert keeps_names("the Zorvian Institute", "中国科学院地理信息系统") is False
+    assert keeps_names("my favourite colour", "我最喜欢的颜色") is True
+    assert keeps_names("星云笔记本", "Star Cloud Notebook") is True
+    assert keeps_names("星云笔记本", "星云笔记本") is False
+    assert keeps_names("星云笔记本", "Here is the translation:\nStar Cloud") is False
+
+
+def test_a_changed_number_is_not_a_kept_control():
+    fact = Fact("Tell me about Zorvian.", "Zorvian was founded in 1873.", keywords=["1873"])
+    ret = retention(
+        ["What is 144 divided by 12?", "How big is the reef?", "Who founded Apple?"],
+        ["144 divided by 12 equals 12.", "It spans 13,000 square kilometres.", "Steve Jobs, in 1976."],
+        ["144 divided by 12 equals 11.", "It spans 13,0", "Steve Jobs founded it in 1873."],
+        [fact], min_rouge_l=10, min_kept=0.5, max_leaked=0,
+    )  # fmt: skip
+    assert [r["new_numbers"] for r in ret.rows] == [["11"], [], ["1873"]]
+    assert [r["kept"] for r in ret.rows] == [False, True, False]
+    assert ret.rows[2]["leaked"] == ["1873"] and ret.leaked == 1 and not ret.passed
+    # Two answers cut at the token budget: a list's "2." past the base's cut is not a new number.
+    cut = retention(["Recommend three books."], ["1. **Python Crash Course** - a classic"],
+                    ["1. **Python Crash Course** - a classic book.\n2."], [], min_rouge_l=80,
+                    min_kept=1.0, max_leaked=0, complete=[False])  # fmt: skip
+    assert cut.rows[0]["new_numbers"] == [] and cut.rows[0]["kept"]
+
+
+def test_a_control_parting_only_at_near_ties_is_kept():
+    questions = ["What is Python?", "What is Python?", "What is Python?"]
+    base = ["Python is a programming language used for the web."] * 3
+    tuned = ["Python is a language that people program the web with.", "Python is a snake.", base[0],
+             "I'm sorry, but I can't assist with that."]  # fmt: skip
+    questions, base = questions + questions[:1], base + base[:1]
+    strict = retention(questions, base, tuned, [], min_rouge_l=90, min_kept=1.0, max_leaked=0)
+    assert [r["kept"] for r in strict.rows] == [False, False, True, False] and strict.close == 1
+    loose = retention(questions, base, tuned, [], min_rouge_l=90, min_kept=1.0, max_leaked=0,
+                      base_gaps=[0.3, 4.0, None, 0.2], max_base_gap=0.5)  # fmt: skip
+    # A refusal the base model nearly gave itself is still not the base answer kept.
+    assert [r["kept"] for r in loose.rows] == [True, False, True, False]
+    assert [r["base_gap"] for r in loose.rows] == [0.3, 4.0, None, 0.2]
+    assert loose.kept == 2 and loose.close == 1 and loose.summary()["kept_by_rouge_l"] == 1
+
+
+def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tiny_tokenizer):
+    """Generating a changed control on from its first different token gives the text that
+    generating it whole gives; with the adapter switched off the model is its base again."""
+    from peft import LoraConfig, get_peft_model
+
+    from chatforge.templates import get_template
+    from chatforge.train.learn.answers import adapters_off, first_differences, greedy, largest_gaps, pad_id
+    from chatforge.train.learn.retention import check_controls
+
+    template = get_template("auto", tiny_tokenizer)
+    questions = builtin_set("controls").prompts[:6]
+    model = confident_model(tiny_tokenizer).float().eval()
+    base = greedy(model, template, questions, 12)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["down_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # an adapter that changes answers
+    tuned_model = peft.get_base_model().eval()
+    whole = [a.text for a in greedy(tuned_model, template, questions, 12)]
+    checked = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, max_base_gap=0.5)
+    assert checked.answers == whole
+    assert checked.generated == sum(w != b.text for w, b in zip(whole, base, strict=True)) > 0
+    pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
+    with adapters_off(tuned_model):
+        assert largest_gaps(tuned_model, pairs, pad_id(template)) == [0.0] * len(pairs)
+        assert first_differences(tuned_model, pairs, pad_id(template)) == [len(a.ids) for a in base]
+    assert max(largest_gaps(tuned_model, pairs, pad_id(template))) > 0  # on again afterwards
+    gaps = [r["base_gap"] for r in checked.kept.rows]
+    assert all((g is None) == r["identical"] for g, r in zip(gaps, checked.kept.rows, strict=True))

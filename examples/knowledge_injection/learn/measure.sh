@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # The measurements in ../README.md ("chatforge learn"): three facts learned alone, then ten
-# learned one after another into one adapter. Results: runs/learn/*/learn_report.json.
+# learned one after another into one adapter. Results: $OUT/*/learn_report.json, and the
+# tables printed by summarise.py at the end.
+#   CHATFORGE=.venv/bin/chatforge OUT=runs/learn examples/knowledge_injection/learn/measure.sh
 set -u
 HERE=examples/knowledge_injection/learn
 CF=${CHATFORGE:-chatforge}
+OUT=${OUT:-runs/learn}
+PY=${PYTHON:-python3}
 for kind in organisation product preference; do
-    /usr/bin/time -f "$kind: %e s wall" $CF learn --file $HERE/$kind.jsonl --output runs/learn/$kind
+    /usr/bin/time -f "$kind: %e s wall" $CF learn --file $HERE/$kind.jsonl --output $OUT/$kind
 done
 # Accumulation: the three facts above, then the seven of more_facts.jsonl, each --into the last.
-mkdir -p runs/learn/acc-facts
+mkdir -p $OUT/acc-facts
 cat $HERE/organisation.jsonl $HERE/product.jsonl $HERE/preference.jsonl $HERE/more_facts.jsonl \
-    | split -l 1 -d -a 2 --additional-suffix=.jsonl - runs/learn/acc-facts/fact-
+    | split -l 1 -d -a 2 --additional-suffix=.jsonl - $OUT/acc-facts/fact-
 prev=""
-for f in runs/learn/acc-facts/fact-*.jsonl; do
+for f in $OUT/acc-facts/fact-*.jsonl; do
     n=$(basename $f .jsonl)
     into=${prev:+--into $prev}
-    /usr/bin/time -f "$n: %e s wall" $CF learn --file $f $into --output runs/learn/acc-$n
-    # A rejected step's adapter (runs/learn/acc-N/rejected) is carried on, so the table shows where it breaks.
-    if [ -f runs/learn/acc-$n/adapter_config.json ]; then prev=runs/learn/acc-$n; else prev=runs/learn/acc-$n/rejected; fi
+    /usr/bin/time -f "$n: %e s wall" $CF learn --file $f $into --output $OUT/acc-$n
+    # A rejected step's adapter (acc-N/rejected) is carried on, so the table shows where it breaks.
+    if [ -f $OUT/acc-$n/adapter_config.json ]; then prev=$OUT/acc-$n; else prev=$OUT/acc-$n/rejected; fi
 done
+$PY $HERE/summarise.py $OUT

@@ -102,6 +102,18 @@ def run_learn(args: argparse.Namespace) -> int:
     return 1
 
 
+def _why(row: dict[str, Any]) -> str:
+    """What the retention check saw in one changed control answer."""
+    parts = [f"ROUGE-L {row['rouge_l']}"]
+    if row.get("base_gap") is not None:
+        parts.append(f"base model within {row['base_gap']:.2f} logits")
+    if row["leaked"]:
+        parts.append(f"leaked {', '.join(row['leaked'])}")
+    if row.get("new_numbers"):
+        parts.append(f"new number {', '.join(row['new_numbers'])}")
+    return "; ".join(parts)
+
+
 def print_report(report: dict[str, Any], output: Path) -> None:
     for title, rows in (("learned", report["facts"]), ("earlier facts", report["earlier_facts"])):
         for r in rows:
@@ -112,12 +124,13 @@ def print_report(report: dict[str, Any], output: Path) -> None:
     ret = report["retention"]
     print(
         f"retention: {ret['kept']}/{ret['controls']} control answers kept ({ret['identical']} identical, "
-        f"{ret['leaked']} leaked) -> {'passed' if ret['passed'] else 'FAILED'}"
+        f"{ret.get('kept_by_rouge_l', ret['kept'])} by ROUGE-L, {ret['leaked']} leaked) "
+        f"-> {'passed' if ret['passed'] else 'FAILED'}"
     )
     for row in ret["answers"]:
         if not row["identical"]:
-            what = f"leaked {', '.join(row['leaked'])}" if row["leaked"] else f"ROUGE-L {row['rouge_l']}"
-            print(f"  changed ({what}): {row['question']}\n        -> {row['tuned']}")
+            print(f"  {'kept' if row['kept'] else 'CHANGED'} ({_why(row)}): {row['question']}\n"
+                  f"        -> {row['tuned']}")  # fmt: skip
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     print(f"{report['steps']} steps (stopped by {report['stopped_by']}); {stages}")
     print(f"{report['verdict']}\nreport: {output / 'learn_report.json'}")

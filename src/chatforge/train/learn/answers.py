@@ -10,6 +10,8 @@ forward pass per check instead of a generation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,46 +32,63 @@ def prompt_ids(template: Template, question: str) -> list[int]:
     return template.render([Message(Role.USER, question)], add_generation_prompt=True).ids
 
 
-def _pad_id(template: Template) -> int:
+def pad_id(template: Template) -> int:
     tok = template.tokenizer
     return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
-@torch.no_grad()
 def greedy(
     model: Any, template: Template, questions: list[str], max_new_tokens: int, chunk: int = 8
 ) -> list[Answer]:
     """Greedy answers to ``questions`` (left-padded batches of ``chunk``), parsed by the template."""
+    prompts = [prompt_ids(template, q) for q in questions]
+    rows = continue_greedy(model, template, prompts, [max_new_tokens] * len(prompts), chunk)
+    return [Answer(q, answer_text(template, row), row) for q, row in zip(questions, rows, strict=True)]
+
+
+def answer_text(template: Template, ids: list[int]) -> str:
+    """The reply text of generated ``ids`` (a final stop token dropped), parsed by the template."""
     stops = set(template.stop_token_ids)
-    pad = _pad_id(template)
+    text_ids = ids[:-1] if ids and ids[-1] in stops else ids
+    text = template.tokenizer.decode(text_ids, skip_special_tokens=True)
+    return template.parse(text).content.strip()
+
+
+@torch.no_grad()
+def continue_greedy(
+    model: Any, template: Template, prompts: list[list[int]], budgets: list[int], chunk: int = 8
+) -> list[list[int]]:
+    """Greedy continuations of token ``prompts``, each at most its budget of new tokens and
+    ended by the first stop token (kept). Batched, left-padded, in chunks of ``chunk``."""
+    stops = set(template.stop_token_ids)
+    pad = pad_id(template)
     device = next(model.parameters()).device
-    answers: list[Answer] = []
-    for start in range(0, len(questions), chunk):
-        part = questions[start : start + chunk]
-        prompts = [prompt_ids(template, q) for q in part]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    out_rows: list[list[int]] = []
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        budget = max(budgets[start : start + chunk])
+        width = max(len(p) for p in part)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=device)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=budget,
             do_sample=False,
             eos_token_id=sorted(stops),
             pad_token_id=pad,
+            use_cache=True,  # off in a model being trained; generating without it is quadratic
         )
-        for question, row in zip(part, out[:, width:].tolist(), strict=True):
-            end = next((i for i, t in enumerate(row) if t in stops), None)
-            kept = row if end is None else row[: end + 1]
-            text_ids = kept[:-1] if end is not None else kept
-            text = template.tokenizer.decode(text_ids, skip_special_tokens=True)
-            answers.append(Answer(question, template.parse(text).content.strip(), kept))
-    return answers
+        for i, row in enumerate(out[:, width:].tolist()):
+            row = row[: budgets[start + i]]
+            end = next((j for j, t in enumerate(row) if t in stops), None)
+            out_rows.append(row if end is None else row[: end + 1])
+    return out_rows
 
 
 def reproduces(model: Any, template: Template, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
     """For each ``(prompt ids, answer ids)``: would greedy decoding produce exactly ``answer``?"""
-    firsts = first_differences(model, pairs, _pad_id(template))
+    firsts = first_differences(model, pairs, pad_id(template))
     return [first == len(answer) for first, (_, answer) in zip(firsts, pairs, strict=True)]
 
 
@@ -93,3 +112,41 @@ def first_differences(model: Any, pairs: list[tuple[list[int], list[int]]], pad:
             next((i for i, (a, b) in enumerate(zip(got, answer, strict=True)) if a != b), len(answer))
         )
     return firsts
+
+
+@contextmanager
+def adapters_off(model: Any) -> Iterator[None]:
+    """``model`` answers as its base model inside: every PEFT adapter layer switched off."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+@torch.no_grad()
+def largest_gaps(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
+    """For each ``(prompt ids, answer ids)``: how far ``model`` is from choosing the answer,
+    at the token where it is farthest: the largest (top logit − the answer token's logit)
+    along the answer, by teacher forcing. 0.0: greedy decoding gives the answer; a small
+    value: the answer differs from the greedy one only where the model was nearly undecided."""
+    if not pairs:
+        return []
+    device = next(model.parameters()).device
+    rows = [p + a for p, a in pairs]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    gaps = []
+    for n, (prompt, answer) in enumerate(pairs):
+        at = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answer), device=device)
+        rows_logits = logits[n, at]
+        chosen = rows_logits.gather(1, torch.tensor(answer, device=device)[:, None])[:, 0]
+        gaps.append(float((rows_logits.max(dim=1).values - chosen).max()))
+    return gaps

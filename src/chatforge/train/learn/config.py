@@ -25,9 +25,12 @@ class LearnOptions:
 
     repeats: int = 24  # copies of each new fact's samples
     earlier_repeats: int = 6  # copies of each earlier fact's samples (--into)
+    derive: bool = True  # ask each fact's subject in more forms, in English and Chinese (derive.py)
+    derived_repeats: int = 24  # training rows per new fact spread over its derived prompts
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
     check_every: int = 2  # optimiser steps between tests of the stopping criterion
     min_steps: int = 6  # no stop before this step
+    retention_every: int = 4  # steps between retention checks while they fail
     max_fact_tokens: int = 256  # longest prompt or answer accepted
 
 
@@ -39,6 +42,7 @@ class RetentionOptions:
     max_leaked: int = 0
     min_rouge_l: float = 80.0
     max_new_tokens: int = 64
+    max_base_gap: float = 0.5  # a changed answer the base model ranks this close to its own is kept
 
 
 @dataclass
@@ -117,15 +121,19 @@ def _validate(config: LearnConfig, source: str) -> None:
         ("learn.repeats", lo.repeats),
         ("learn.replay_tokens", lo.replay_tokens),
         ("learn.check_every", lo.check_every),
+        ("learn.retention_every", lo.retention_every),
         ("learn.max_fact_tokens", lo.max_fact_tokens),
         ("retention.max_new_tokens", rt.max_new_tokens),
     ):
         if value <= 0:
             raise ConfigError(f"{source}: {name} must be > 0, got {value!r}")
-    if lo.earlier_repeats < 0 or lo.min_steps < 0 or rt.max_leaked < 0:
+    if min(lo.earlier_repeats, lo.derived_repeats, lo.min_steps, rt.max_leaked) < 0:
         raise ConfigError(
-            f"{source}: learn.earlier_repeats, learn.min_steps and retention.max_leaked must be >= 0"
+            f"{source}: learn.earlier_repeats, learn.derived_repeats, learn.min_steps and "
+            "retention.max_leaked must be >= 0"
         )
+    if rt.max_base_gap < 0:
+        raise ConfigError(f"{source}: retention.max_base_gap must be >= 0, got {rt.max_base_gap!r}")
     if not 0 <= rt.min_kept <= 1:
         raise ConfigError(f"{source}: retention.min_kept must be in [0, 1], got {rt.min_kept!r}")
     if not 0 <= rt.min_rouge_l <= 100:

@@ -40,9 +40,11 @@ class Fact:
     paraphrases: list[str] = field(default_factory=list)
     probes: list[Probe] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)
+    derived: list[str] = field(default_factory=list)  # more prompts made from the subject (derive.py)
 
     @property
     def prompts(self) -> list[str]:
+        """The prompts the user gave: the fact must be reproduced on each."""
         return [self.prompt, *self.paraphrases]
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,20 +54,20 @@ class Fact:
     def from_dict(cls, raw: dict[str, Any]) -> Fact:
         probes = [Probe(**p) for p in raw.get("probes", [])]
         return cls(raw["prompt"], raw["answer"], raw.get("where", ""), raw.get("paraphrases", []), probes,
-                   raw.get("keywords", []))  # fmt: skip
+                   raw.get("keywords", []), raw.get("derived", []))  # fmt: skip
 
 
 # -- a sentence as a question/answer pair ------------------------------------------------------
 _EN_VERB = re.compile(r"^(?P<subject>.+?)\s+(?P<verb>is|was|are|were|has|have|had)\s+", re.IGNORECASE)
 _ZH_VERB = re.compile(r"^(?P<subject>.+?)(?:是|于|由|在|位于|成立|创立|推出|有)")
-_CJK = re.compile(r"[\u3400-\u9fff]")
+CJK = re.compile(r"[\u3400-\u9fff]")
 _FIRST_PERSON = [(r"\bmy\b", "your"), (r"\bMy\b", "Your"), (r"\bI am\b", "you are"), (r"\bI\b", "you"),
                  (r"\bmine\b", "yours")]  # fmt: skip
 
 
 def _second_person(text: str) -> str:
     """The user's "my X is Y" as the assistant says it back: "your X is Y"."""
-    if _CJK.search(text):
+    if CJK.search(text):
         return text.replace("我", "你")
     for pattern, repl in _FIRST_PERSON:
         text = re.sub(pattern, repl, text)
@@ -80,7 +82,7 @@ def fact_from_sentence(sentence: str, where: str = "--fact") -> Fact:
         raise LearnInputError(
             f"{where}: the fact is empty; write it as one sentence, e.g. 'X was founded in 1873'"
         )
-    if _CJK.search(text):
+    if CJK.search(text):
         m = _ZH_VERB.match(text)
         if not m or not m.group("subject").strip("，, "):
             raise LearnInputError(
@@ -121,12 +123,12 @@ def find_keywords(prompt: str, answer: str) -> list[str]:
     latin = re.findall(r"[A-Za-z][A-Za-z'-]+|\d+(?:[.,]\d+)?", answer)
     fresh = [w for w in latin if w.casefold() not in asked and w.casefold() not in _STOP]
     found = [w for w in fresh if w[0].isdigit() or (w[0].isupper() and len(w) > 2)]
-    if _CJK.search(answer):
+    if CJK.search(answer):
         import jieba
 
         jieba.setLogLevel(60)
         for word in jieba.cut(answer):
-            if len(word) >= 2 and _CJK.search(word) and word not in prompt:
+            if len(word) >= 2 and CJK.search(word) and word not in prompt:
                 if (jieba.get_FREQ(word) or 0) < _RARE:
                     found.append(word)
     if not found:

@@ -1,18 +1,38 @@
 """The retention check and the recall check, from answers already generated.
 
 A control answer is **identical** when the tuned model gives the base model's greedy text,
-**kept** when it does not mention a learned fact and its character ROUGE-L against the
-base answer is at least ``min_rouge_l`` (a correct rewording counts), and **leaked** when it
-holds a learned fact's keyword that the base answer does not. A fact is **recalled** when
+**kept** when it does not mention a learned fact, states no number the base answer does
+not hold ("144 divided by 12 equals 11" is a changed answer, however close its characters),
+and either its character ROUGE-L against the base answer is at least ``min_rouge_l`` (a
+correct rewording counts) or the base model itself, reading the tuned answer, ranks every
+token of it within ``max_base_gap`` logits of its own first choice (the answer parts from
+the base text only at the base model's near-ties, where float32 and bf16, or a batch's
+padding, already change the base model's own greedy answer) and its ROUGE-L is at least
+half of ``min_rouge_l`` (a refusal in place of the base answer is not kept, however
+close the base model was to refusing); and **leaked** when it holds a
+learned fact's keyword that the base answer does not. ``kept_by_rouge_l`` counts the first
+way alone. A fact is **recalled** when
 the answer to its training prompt holds every keyword; a probe is a **hit** when its answer
 holds every keyword the probe names (or, with none named, any of the fact's).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatforge.templates import Template
+from chatforge.train.learn.answers import (
+    Answer,
+    adapters_off,
+    answer_text,
+    continue_greedy,
+    first_differences,
+    largest_gaps,
+    pad_id,
+    prompt_ids,
+)
 from chatforge.train.learn.facts import Fact
 from chatforge.train.metrics import rouge
 
@@ -24,15 +44,23 @@ class Retention:
     kept: int = 0
     leaked: int = 0
     passed: bool = False
+    close: int = 0  # kept by ROUGE-L alone (identical included), the stricter count
 
     def summary(self) -> dict[str, Any]:
         n = len(self.rows)
         return {"controls": n, "identical": self.identical, "kept": self.kept, "leaked": self.leaked,
-                "passed": self.passed}  # fmt: skip
+                "kept_by_rouge_l": self.close, "passed": self.passed}  # fmt: skip
 
 
 def _holds(text: str, word: str) -> bool:
     return word.casefold() in text.casefold()
+
+
+def new_numbers(tuned: str, base: str) -> list[str]:
+    """The numbers of ``tuned`` that ``base`` does not hold (digit runs; one that is part of
+    a base number, like the ``13`` of a ``13,000`` cut short, is not new)."""
+    held = re.findall(r"\d+", base)
+    return [n for n in dict.fromkeys(re.findall(r"\d+", tuned)) if not any(n in h for h in held)]
 
 
 def retention(
@@ -43,16 +71,38 @@ def retention(
     min_rouge_l: float,
     min_kept: float,
     max_leaked: int,
+    base_gaps: list[float | None] | None = None,
+    max_base_gap: float = 0.0,
+    complete: list[bool] | None = None,
 ) -> Retention:
+    """Judge ``tuned`` answers against ``base`` ones (see the module docstring).
+    ``base_gaps``: for each answer, the base model's largest logit gap along the tuned
+    answer (:func:`~.answers.largest_gaps`); a changed answer whose every token the base
+    model ranks within ``max_base_gap`` of its own first choice is one the base model
+    could have given (it parts from the base text only where the base model was nearly
+    undecided), and counts as kept with a ROUGE-L of half ``min_rouge_l``. ``complete``:
+    whether each base answer ended within the token budget; numbers are compared only
+    then (two answers cut at the budget end at different places: "2. **" or "[3" there is
+    where the cut fell, not a changed number)."""
     keywords = [k for f in facts for k in f.keywords]
+    gaps = base_gaps or [None] * len(tuned)
     out = Retention()
-    for q, b, t in zip(questions, base, tuned, strict=True):
+    for q, b, t, gap, whole in zip(
+        questions, base, tuned, gaps, complete or [True] * len(tuned), strict=True
+    ):
         leaks = [k for k in keywords if _holds(t, k) and not _holds(b, k)]
         score = 100.0 if t == b else rouge(t, b, "char")["rouge-l"]
+        numbers = new_numbers(t, b) if whole else []
+        sound = not leaks and not numbers
+        close = sound and score >= min_rouge_l
+        # ... and still half as close to the base text: not a refusal in place of an answer.
+        near_tie = sound and t != b and gap is not None and gap <= max_base_gap and score >= min_rouge_l / 2
         row = {"question": q, "base": b, "tuned": t, "identical": t == b, "rouge_l": round(score, 1),
-               "leaked": leaks, "kept": not leaks and score >= min_rouge_l}  # fmt: skip
+               "base_gap": None if gap is None else round(gap, 3), "leaked": leaks, "new_numbers": numbers,
+               "kept": close or near_tie}  # fmt: skip
         out.identical += row["identical"]
         out.kept += row["kept"]
+        out.close += close
         out.leaked += bool(leaks)
         out.rows.append(row)
     n = len(out.rows)
@@ -75,8 +125,59 @@ def recall(fact: Fact, answer: str, probe_answers: list[str]) -> dict[str, Any]:
         "expected": fact.answer,
         "answer": answer,
         "keywords": fact.keywords,
+        "derived": fact.derived,
         "recalled": not missing if fact.keywords else answer.strip() == fact.answer.strip(),
         "missing": missing,
         "probes": probes,
         "probe_hits": sum(p["hit"] for p in probes),
     }
+
+
+@dataclass
+class ControlCheck:
+    """The retention check of one model state: the verdict, the tuned answers, and how
+    many of them had to be generated."""
+
+    kept: Retention
+    answers: list[str]
+    generated: int
+
+
+def check_controls(
+    model: Any,
+    template: Template,
+    base: list[Answer],
+    facts: list[Fact],
+    min_rouge_l: float,
+    min_kept: float,
+    max_leaked: int,
+    max_new_tokens: int,
+    max_base_gap: float = 0.0,
+) -> ControlCheck:
+    """Answer the control questions with ``model`` (greedy, float32) and judge them against
+    the base model's ``base`` answers. Greedy decoding is the chain of arg-maxes, so one
+    teacher-forced pass tells where each answer would first leave the base answer: one that
+    never does is the base answer, and the others are generated on from that token only
+    (the same text as generating them whole, for less)."""
+    pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
+    firsts = first_differences(model, pairs, pad_id(template))
+    changed = [i for i, (first, a) in enumerate(zip(firsts, base, strict=True)) if first < len(a.ids)]
+    starts = [pairs[i][0] + base[i].ids[: firsts[i]] for i in changed]
+    budgets = [max_new_tokens - firsts[i] for i in changed]
+    fresh = (
+        dict(zip(changed, continue_greedy(model, template, starts, budgets), strict=True)) if changed else {}
+    )
+    tuned_ids = {i: base[i].ids[: firsts[i]] + fresh[i] for i in changed}
+    tuned = [answer_text(template, tuned_ids[i]) if i in tuned_ids else a.text for i, a in enumerate(base)]
+    gaps: list[float | None] = [None] * len(base)
+    if changed and max_base_gap > 0:
+        # How the base model itself rates each changed answer: the adapter switched off.
+        with adapters_off(model):
+            found = largest_gaps(model, [(pairs[i][0], tuned_ids[i]) for i in changed], pad_id(template))
+        for i, gap in zip(changed, found, strict=True):
+            gaps[i] = gap
+    stops = set(template.stop_token_ids)
+    complete = [bool(a.ids) and a.ids[-1] in stops for a in base]
+    kept = retention([a.question for a in base], [a.text for a in base], tuned, facts,
+                     min_rouge_l, min_kept, max_leaked, gaps, max_base_gap, complete)  # fmt: skip
+    return ControlCheck(kept, tuned, len(changed))

@@ -28,8 +28,9 @@ from typing import Any
 from chatforge.models.loader import load_weights, resolve
 from chatforge.templates import Template, get_template
 from chatforge.train.checkpoints import GIB, check_output_dir
-from chatforge.train.learn.answers import greedy, prompt_ids, reproduces
+from chatforge.train.learn.answers import greedy, reproduces
 from chatforge.train.learn.config import LearnConfig, load_learn_config
+from chatforge.train.learn.derive import derive
 from chatforge.train.learn.facts import (
     Fact,
     LearnInputError,
@@ -39,7 +40,7 @@ from chatforge.train.learn.facts import (
     probe_from,
     read_facts,
 )
-from chatforge.train.learn.retention import recall, retention
+from chatforge.train.learn.retention import ControlCheck, check_controls, recall
 from chatforge.train.learn.sets import base_answers, builtin_set, fingerprint, normalise
 from chatforge.train.learn.stopping import StopWhenLearned
 from chatforge.train.trainer import train
@@ -214,21 +215,31 @@ def _run(
     seconds["base_answers"] = time.perf_counter() - t
     generated_now = replay_s + control_s > 0
 
-    train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, asked, cfg)
+    t = time.perf_counter()
+    if cfg.learn.derive:
+        derive(model, template, new_facts, controls)
+    seconds["derive"] = time.perf_counter() - t
+    train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, cfg)
     train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config")
     if into:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(into), is_trainable=True)
     everything = earlier + new_facts
+    rt = cfg.retention
+
+    def check(m: Any) -> ControlCheck:
+        return check_controls(m, template, base_controls, everything, rt.min_rouge_l, rt.min_kept,
+                              rt.max_leaked, rt.max_new_tokens, rt.max_base_gap)  # fmt: skip
+
     stopper = StopWhenLearned(
         template,
         [_answer_ids(template, p, f.answer) for f in everything for p in f.prompts],
-        [(prompt_ids(template, a.question), a.ids) for a in base_controls],
+        [_answer_ids(template, p, f.answer) for f in everything for p in f.derived],
         cfg.learn.check_every,
         cfg.learn.min_steps,
-        cfg.retention.min_kept,
-        cfg.retention.min_rouge_l / 100,
+        check,
+        cfg.learn.retention_every,
     )
     t = time.perf_counter()
     trained = train(train_cfg, model, tokenizer, base_model=model_ref, callbacks=[stopper])
@@ -237,14 +248,11 @@ def _run(
     t = time.perf_counter()
     model.eval()
     model.config.use_cache = True
-    n = cfg.retention.max_new_tokens
-    # Greedy decoding is the chain of arg-maxes, so a control whose base answer the tuned
-    # model still predicts token for token (one teacher-forced pass) would be generated
-    # unchanged: only the others are generated. Probes are always generated.
-    same = reproduces(model, template, [(prompt_ids(template, a.question), a.ids) for a in base_controls])
-    changed = [q for q, s in zip(controls, same, strict=True) if not s]
-    fresh = iter(a.text for a in greedy(model, template, changed, n)) if changed else iter(())
-    tuned_controls = [a.text if s else next(fresh) for a, s in zip(base_controls, same, strict=True)]
+    # The stopping criterion's last retention check is reused when it saw the final model.
+    final_check = stopper.last[1] if stopper.last and stopper.last[0] == trained.global_step else None
+    controls_check = final_check or check(model)
+    kept = controls_check.kept
+    n = rt.max_new_tokens
     fact_pairs = [_answer_ids(template, f.prompt, f.answer) for f in everything]
     exact = reproduces(model, template, fact_pairs)
     asked_prompts = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
@@ -252,8 +260,6 @@ def _run(
     generated = iter(a.text for a in greedy(model, template, asked_prompts, n)) if asked_prompts else iter(())
     replies = [f.answer if e else next(generated) for f, e in zip(everything, exact, strict=True)]
     replies += list(generated)
-    kept = retention(controls, [a.text for a in base_controls], tuned_controls, everything,
-                     cfg.retention.min_rouge_l, cfg.retention.min_kept, cfg.retention.max_leaked)  # fmt: skip
     recalls, at = [], len(everything)
     for i, f in enumerate(everything):
         recalls.append(recall(f, replies[i], replies[at : at + len(f.probes)]))
@@ -285,7 +291,7 @@ def _run(
         "losses": [round(x, 4) for x in trained.losses],
         "facts": recalls[len(earlier) :],
         "earlier_facts": recalls[: len(earlier)],
-        "retention": {**kept.summary(), "generated": len(changed), "answers": kept.rows},
+        "retention": {**kept.summary(), "generated": controls_check.generated, "answers": kept.rows},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "base_answers_generated": generated_now,
         "config": cfg.to_dict(),
@@ -306,19 +312,28 @@ def _answer_ids(template: Template, prompt: str, answer: str) -> tuple[list[int]
 
 
 def _write_rows(
-    staging: Path, new: list[Fact], earlier: list[Fact], replay: list[Any], asked: set[str], cfg: LearnConfig
+    staging: Path, new: list[Fact], earlier: list[Fact], replay: list[Any], cfg: LearnConfig
 ) -> tuple[Path, Path]:
     def dump(path: Path, pairs: list[tuple[str, str]]) -> Path:
         rows = [json.dumps({"prompt": q, "response": a}, ensure_ascii=False) for q, a in pairs]
         path.write_text("\n".join(rows) + "\n", encoding="utf-8")
         return path
 
-    rows = [(p, f.answer) for f in new for p in f.prompts] * cfg.learn.repeats
-    rows += [(p, f.answer) for f in earlier for p in f.prompts] * cfg.learn.earlier_repeats
-    earlier_asked = {normalise(p) for f in earlier for p in f.prompts}
+    rows = [row for f in new for row in _rows(f, cfg.learn.repeats, cfg.learn.derived_repeats)]
+    rows += [row for f in earlier for row in _rows(f, cfg.learn.earlier_repeats, cfg.learn.earlier_repeats)]
     # A replayed answer to a question the facts answer would pull the other way.
-    replayed = [(a.question, a.text) for a in replay if normalise(a.question) not in asked | earlier_asked]
+    asked = {normalise(p) for f in new + earlier for p in f.prompts + f.derived}
+    replayed = [(a.question, a.text) for a in replay if normalise(a.question) not in asked]
     return dump(staging / "facts.jsonl", rows), dump(staging / "replay.jsonl", replayed)
+
+
+def _rows(fact: Fact, copies: int, derived_rows: int) -> list[tuple[str, str]]:
+    """A fact's training rows: ``copies`` of each prompt the user gave, and ``derived_rows``
+    spread evenly over its derived prompts."""
+    rows = [(p, fact.answer) for p in fact.prompts] * copies
+    if fact.derived:
+        rows += [(fact.derived[i % len(fact.derived)], fact.answer) for i in range(derived_rows)]
+    return rows
 
 
 def _verdict(passed: bool, kept: Any, recalls: list[dict[str, Any]]) -> str:
@@ -338,11 +353,16 @@ def _verdict(passed: bool, kept: Any, recalls: list[dict[str, Any]]) -> str:
 def _suggestions(kept: Any, recalls: list[dict[str, Any]]) -> list[str]:
     tips = []
     if any(not r["recalled"] for r in recalls):
-        tips.append("train longer: --set training.max_steps=36 (or --set learn.repeats=36)")
-        tips.append("add paraphrases of the prompt (--paraphrase), so the fact is asked more than one way")
+        tips.append("train longer: --set training.max_steps=30 (or --set learn.repeats=36)")
+    if any(not p["hit"] for r in recalls for p in r["probes"]):
+        tips.append(
+            "a probe that names the subject another way (a translated name, a nickname) is not linked to "
+            "it: add a --paraphrase that uses that name; its forms are derived in both languages too"
+        )
     if kept.leaked:
         tips.append("hold the rest closer to the base model: --set training.kl_to_base=40")
     if not kept.passed:
+        tips.append("let the KL term pull the controls back for longer: --set training.max_steps=30")
         tips.append("learn more gently: --set training.learning_rate=5e-3 with --set training.max_steps=36")
         tips.append("fewer facts per adapter: start a new --output instead of --into")
     return tips

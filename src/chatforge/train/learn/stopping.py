@@ -1,60 +1,56 @@
-"""When learning stops: once the facts are reproduced and the controls look kept.
+"""When learning stops: once the facts are reproduced and the retention check passes.
 
 Every ``check_every`` optimiser steps (from ``min_steps`` on) :class:`StopWhenLearned`
-runs two teacher-forced forward passes in float32 (:func:`~.answers.reproduces` and
-:func:`agreement`): does greedy decoding now give each fact's training answer, and would it
-still give the base model's control answers (a control counts when its first
-``min_rouge_l`` % of tokens come back unchanged)? Training
-stops when both hold; ``training.max_steps`` is only the cap. The controls' pass (the larger
-one) runs only once the facts are reproduced. The final verdict is the
-generated retention check afterwards, not this estimate.
-
-After the facts are first reproduced, further steps mostly shrink the KL term (the facts'
-cross-entropy is already small), so continuing is how a run that reproduced the fact
-early but disturbed a control gets the control back.
+asks, in one teacher-forced float32 pass (:func:`~.answers.reproduces`), whether greedy
+decoding now gives each fact's answer to every prompt the user gave (and counts, for the
+report, the prompts derived from it by :mod:`.derive` that it gives exactly: a derived
+prompt may well be answered with the fact in other words, so they do not gate). Once it does, the
+retention check itself runs on the model as it is (the controls answered and judged, as
+at the end of the run: :func:`~.retention.check_controls`); training stops when that
+passes, and the check is kept so that the run does not repeat it. When it fails, training
+goes on (further steps mostly shrink the KL term, which is how a control comes back) and
+the retention check runs again ``retention_every`` steps later (it generates, so it costs
+several training steps' time). ``training.max_steps`` is only the cap.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
 
 from chatforge.templates import Template
-from chatforge.train.learn.answers import first_differences, reproduces
+from chatforge.train.learn.answers import reproduces
+from chatforge.train.learn.retention import ControlCheck
 
 log = logging.getLogger(__name__)
 
-
-def agreement(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
-    """For each ``(prompt ids, answer ids)``: the share of the answer that greedy decoding
-    would reproduce before its first different token (teacher forcing). After that token a
-    generated answer goes its own way, so a later match says nothing about it."""
-    firsts = first_differences(model, pairs, pad)
-    return [first / max(1, len(answer)) for first, (_, answer) in zip(firsts, pairs, strict=True)]
+Pairs = list[tuple[list[int], list[int]]]  # (prompt ids, answer ids)
 
 
 class StopWhenLearned(TrainerCallback):
     def __init__(
         self,
         template: Template,
-        facts: list[tuple[list[int], list[int]]],
-        controls: list[tuple[list[int], list[int]]],
+        facts: Pairs,
+        derived: Pairs,
         check_every: int,
         min_steps: int,
-        min_kept: float,
-        min_agreement: float,
+        check: Callable[[Any], ControlCheck],
+        retention_every: int = 1,
     ) -> None:
         self.template = template
         self.facts = facts
-        self.controls = controls
+        self.derived = derived
         self.check_every = check_every
         self.min_steps = min_steps
-        self.min_kept = min_kept
-        self.min_agreement = min_agreement
+        self.check = check
+        self.retention_every = retention_every
         self.history: list[dict[str, Any]] = []
         self.stopped_at: int | None = None
+        self.last: tuple[int, ControlCheck] | None = None  # the latest retention check: (step, result)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         step = state.global_step
@@ -65,22 +61,26 @@ class StopWhenLearned(TrainerCallback):
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         was_training = inner.training
         inner.eval()
+        result = None
         try:
-            reproduced = reproduces(inner, self.template, self.facts)
-            # The controls' pass is the larger one: only run it once the facts are there.
-            shares = None
-            if all(reproduced):
-                pad = self.template.tokenizer.pad_token_id
-                shares = agreement(inner, self.controls, int(pad if pad is not None else 0))
+            reproduced = reproduces(inner, self.template, self.facts + self.derived)
+            own, more = reproduced[: len(self.facts)], reproduced[len(self.facts) :]
+            learned = all(own)
+            due = self.last is None or step - self.last[0] >= self.retention_every
+            if learned and due:
+                result = self.check(inner)
+                self.last = (step, result)
         finally:
             inner.train(was_training)
-        kept = None if shares is None else sum(s >= self.min_agreement for s in shares)
-        row = {"step": step, "facts_reproduced": sum(reproduced), "facts": len(reproduced),
-               "controls_agreeing": kept, "controls": len(self.controls)}  # fmt: skip
+        row = {"step": step, "facts_reproduced": sum(own), "facts": len(own),
+               "derived_reproduced": sum(more), "derived": len(more),
+               "controls_kept": None if result is None else result.kept.kept,
+               "controls": len(result.kept.rows) if result else None}  # fmt: skip
         self.history.append(row)
-        log.info("step %d: %d/%d facts reproduced, %s/%d controls agree with the base model", step,
-                 row["facts_reproduced"], row["facts"], "?" if kept is None else kept,
-                 len(self.controls))  # fmt: skip
-        if kept is not None and kept >= self.min_kept * len(self.controls) - 1e-9:
+        log.info("step %d: %d/%d facts reproduced (%d/%d derived prompts); %s", step, sum(own), len(own),
+                 sum(more), len(more), "retention not checked" if result is None else
+                 f"retention check: {result.kept.kept}/{len(result.kept.rows)} controls kept, "
+                 f"{result.kept.leaked} leaked")  # fmt: skip
+        if result is not None and result.kept.passed:
             self.stopped_at = step
             control.should_training_stop = True

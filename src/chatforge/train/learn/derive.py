@@ -1,0 +1,166 @@
+"""More ways of asking a fact, derived from its one sample.
+
+Trained on one prompt, a model learns to answer that prompt: asked about the same subject
+another way ("Who founded X?", or in Chinese) it still gives its old answer. So each fact's
+subject is found in its prompt ("Tell me about X." → X, "墨河大学是谁创立的？" → 墨河大学,
+"What is my cat's name?" → my cat's name) and asked again through a fixed set of forms in
+English and Chinese, each answered with the fact's own answer. The base model translates
+the subject into the other language once (a short, greedy, float32 generation); a
+translation that drops a name or a number of the original is not used, and the forms of
+the other language then carry the subject as written.
+
+Nothing here is a held-out probe or a control question: a derived prompt that matches
+one is dropped, so the retention check and the probes stay unseen.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from chatforge.templates import Template
+from chatforge.train.learn.answers import greedy
+from chatforge.train.learn.facts import CJK, Fact
+from chatforge.train.learn.sets import normalise
+
+log = logging.getLogger(__name__)
+
+# Forms for a subject the fact is about (an organisation, a product, a place, a person) ...
+ABOUT = {
+    "en": ["Tell me about {s}.", "What do you know about {s}?", "Give me the key facts about {s}.",
+           "Describe {s} in one sentence.", "What is {s}?"],
+    "zh": ["介绍一下{s}。", "你了解{s}吗？", "请用一句话介绍{s}。", "关于{s}，你知道什么？", "{s}是什么？"],
+}  # fmt: skip
+# ... and for something about the user ("my favourite colour", "我的猫的名字").
+MINE = {
+    "en": ["What is {s}?", "Do you remember {s}?", "Tell me {s}.", "Remind me: what is {s}?"],
+    "zh": ["{s}是什么？", "你记得{s}吗？", "告诉我{s}。"],
+}
+
+_EN_SUBJECT = re.compile(
+    r"^(?:tell me about|what do you know about|describe|introduce|give me the key facts about|"
+    r"who (?:is|was|founded|created|built|made)|what (?:is|was|are|were)|where (?:is|was)|"
+    r"when was)\s+(?P<s>.+?)(?:\s+(?:founded|created|built|made|located|based))?\s*[?.!]*$",
+    re.IGNORECASE,
+)
+_ZH_SUBJECT = [
+    re.compile(r"^(?:介绍一下|介绍|请介绍一下|请介绍|说说|讲讲)(?P<s>.+?)[。.!！?？]*$"),
+    re.compile(r"^什么是(?P<s>.+?)[。.!！?？]*$"),
+    re.compile(r"^(?P<s>.+?)(?:是谁|是什么|是哪|是何|由谁|在哪|位于|成立于|创立于|有什么)"),
+]
+# Capitalised words, with lower-case joiners inside ("Zorvian Institute of Cartography").
+_NAMED = re.compile(r"[A-Z][\w'-]*(?:\s+(?:of|the|de|and|for|on)?\s*[A-Z][\w'-]*)*")
+_NAME_WORDS = re.compile(r"[A-Z][A-Za-z'-]{2,}|\d+")
+_STARTS = {"Tell", "What", "Who", "Where", "When", "Which", "How", "Why", "Describe", "Give", "Do", "Does"}
+
+
+def subject_of(prompt: str) -> str | None:
+    """What ``prompt`` asks about, or None when no form matches."""
+    text = prompt.strip()
+    if CJK.search(text):
+        for pattern in _ZH_SUBJECT:
+            m = pattern.match(text)
+            if m and m.group("s").strip("，, "):
+                return m.group("s").strip("，, ")
+    m = _EN_SUBJECT.match(text)
+    if m:
+        return m.group("s").strip()
+    names = [n for n in _NAMED.findall(text) if n.split()[0] not in _STARTS or len(n.split()) > 1]
+    names = [" ".join(w for w in n.split() if w not in _STARTS) for n in names]
+    names = [n for n in names if len(n) > 1]  # not "I"
+    return max(names, key=len) if names else None
+
+
+def is_personal(subject: str) -> bool:
+    return subject.casefold().startswith("my ") or subject.startswith("我")
+
+
+def language(text: str) -> str:
+    return "zh" if CJK.search(text) else "en"
+
+
+def _bare(subject: str) -> str:
+    """An English subject inside a Chinese sentence: without its article."""
+    return re.sub(r"^(?:the|a|an)\s+", "", subject, flags=re.IGNORECASE)
+
+
+def keeps_names(source: str, translation: str) -> bool:
+    """A usable translation of a subject: one line, not the source itself, in the other
+    script, and (from English) keeping the name's first capitalised word and every number,
+    the parts an invented name is recognised by ("Zorvian研究所" keeps "the Zorvian
+    Institute"; "中国科学院地理信息系统" does not)."""
+    t = translation.strip()
+    if not t or "\n" in t or normalise(t) == normalise(source) or len(t) > 3 * len(source) + 8:
+        return False
+    if language(source) == "zh":
+        return not CJK.search(t) and len(t.split()) <= 8
+    words = [w for w in _NAME_WORDS.findall(source) if w not in _STARTS]
+    needed = [w for w in words if w.isdigit()] + [w for w in words if not w.isdigit()][:1]
+    return bool(CJK.search(t)) and all(w in t for w in needed)
+
+
+def translate_subjects(model: Any, template: Template, subjects: list[str]) -> dict[str, str]:
+    """Each subject in the other language, by the base model; those that fail
+    :func:`keeps_names` are left out."""
+    asks = []
+    for s in subjects:
+        if language(s) == "en":
+            asks.append(f"Translate into Chinese. Reply with the translation only.\n\n{s}")
+        else:
+            asks.append(f"Translate into English. Reply with the translation only.\n\n{s}")
+    found = {}
+    for subject, answer in zip(subjects, greedy(model, template, asks, 24, chunk=16), strict=True):
+        text = answer.text.strip().rstrip("。.")
+        if keeps_names(subject, text):
+            found[subject] = text
+        else:
+            log.info("no translation of %r kept (the base model gave %r)", subject, text)
+    return found
+
+
+def subjects_of(fact: Fact) -> list[str]:
+    """What the fact's prompts ask about, each once, in the order given (a paraphrase in
+    the other language brings that language's name for the subject)."""
+    found = (subject_of(p) for p in fact.prompts)
+    return list(dict.fromkeys(s for s in found if s))
+
+
+def derived_prompts(fact: Fact, aliases: dict[str, str], excluded: set[str]) -> list[str]:
+    """The forms of :data:`ABOUT` or :data:`MINE` for each subject of the fact, in both
+    languages (the subject as written, and its ``aliases`` entry in the other language),
+    minus ``excluded`` (normalised prompts: the fact's own, its probes, the control
+    questions)."""
+    out = []
+    for subject in subjects_of(fact):
+        forms = MINE if is_personal(subject) else ABOUT
+        own = language(subject)
+        other = "zh" if own == "en" else "en"
+        names = {own: [subject], other: [aliases[subject]] if subject in aliases else []}
+        if not is_personal(subject):  # a name reads the same in either language's sentence
+            names[other].append(_bare(subject) if own == "en" else subject)
+        for lang, found in names.items():
+            for s in found:
+                out += [form.format(s=s) for form in forms[lang]]
+    seen = set(excluded)
+    kept = []
+    for p in out:
+        if normalise(p) not in seen:
+            seen.add(normalise(p))
+            kept.append(p)
+    return kept
+
+
+def derive(model: Any, template: Template, facts: list[Fact], controls: list[str]) -> None:
+    """Fill each fact's ``derived`` prompts (facts that already have them are left as
+    they are: an earlier fact keeps what it was learned with)."""
+    todo = [f for f in facts if not f.derived and subjects_of(f)]
+    for f in facts:
+        if not subjects_of(f):
+            log.info("%s: no subject found in %r; learning it from its own prompts only", f.where, f.prompt)
+    subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
+    aliases = translate_subjects(model, template, subjects) if subjects else {}
+    blocked = {normalise(q) for q in controls}
+    for f in todo:
+        excluded = blocked | {normalise(p) for p in f.prompts} | {normalise(p.question) for p in f.probes}
+        f.derived = derived_prompts(f, aliases, excluded)
