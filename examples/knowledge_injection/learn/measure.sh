@@ -12,11 +12,15 @@ for kind in organisation product preference; do
     /usr/bin/time -f "$kind: %e s wall" $CF learn --file $HERE/$kind.jsonl --output $OUT/$kind
 done
 # Accumulation: the three facts above, then the seven of more_facts.jsonl, each --into the last.
+# The first step is the organisation run above (the same command; a run is deterministic).
 mkdir -p $OUT/acc-facts
 cat $HERE/organisation.jsonl $HERE/product.jsonl $HERE/preference.jsonl $HERE/more_facts.jsonl \
     | split -l 1 -d -a 2 --additional-suffix=.jsonl - $OUT/acc-facts/fact-
-prev=""
+[ -d $OUT/acc-fact-00 ] || cp -r $OUT/organisation $OUT/acc-fact-00
+prev=$OUT/acc-fact-00
+[ -f $prev/adapter_config.json ] || prev=$prev/rejected
 for f in $OUT/acc-facts/fact-*.jsonl; do
+    [ "$(basename $f)" = fact-00.jsonl ] && continue
     n=$(basename $f .jsonl)
     into=${prev:+--into $prev}
     /usr/bin/time -f "$n: %e s wall" $CF learn --file $f $into --output $OUT/acc-$n

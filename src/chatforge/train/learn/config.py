@@ -24,7 +24,7 @@ class LearnOptions:
     """How a fact is turned into training rows and when training stops."""
 
     repeats: int = 24  # copies of each new fact's samples
-    earlier_repeats: int = 6  # copies of each earlier fact's samples (--into)
+    earlier_repeats: int = 16  # copies of each earlier fact's samples (--into)
     derive: bool = True  # ask each fact's subject in more forms, in English and Chinese (derive.py)
     derived_repeats: int = 24  # training rows per new fact spread over its derived prompts
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens

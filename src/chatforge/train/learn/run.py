@@ -1,11 +1,13 @@
 """``learn``: teach a model facts with ``chatforge train``'s machinery, then check what it kept.
 
 One run: read and check the facts → load the base model in float32 → its answers to the
-built-in replay and control sets (cached by model fingerprint) → training rows (each
-new fact repeated, earlier facts of ``into`` rehearsed) and replay rows under the KL term →
-:func:`~chatforge.train.trainer.train` with :class:`~.stopping.StopWhenLearned` → greedy
-float32 answers of the tuned model to the controls, the facts' prompts and the probes →
-the report.
+built-in replay and control sets (cached by model fingerprint) → more prompts for each
+new fact, derived from its subject (:mod:`.derive`) → training rows (each new fact
+repeated, earlier facts of ``into`` rehearsed) and replay rows under the KL term →
+:func:`~chatforge.train.trainer.train` with :class:`~.stopping.StopWhenLearned` (which
+runs the retention check once the facts are reproduced, and stops when it passes) → the
+retention check of the final model (reused from the criterion when it saw that model) and
+greedy float32 answers to the facts' prompts and the probes → the report.
 
 Everything is written to a hidden staging directory beside ``output`` and renamed into
 place at the end, so a failed run (a full disk included) leaves nothing half-written and
