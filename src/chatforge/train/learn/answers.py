@@ -92,19 +92,24 @@ def reproduces(model: Any, template: Template, pairs: list[tuple[list[int], list
     return [first == len(answer) for first, (_, answer) in zip(firsts, pairs, strict=True)]
 
 
-@torch.no_grad()
-def first_differences(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[int]:
-    """For each ``(prompt ids, answer ids)``: where greedy decoding would first differ from the
-    answer (its length when it would not), by teacher forcing in one right-padded forward
-    pass; position ``t`` predicts token ``t + 1``."""
-    if not pairs:
-        return []
+def _forced_logits(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> torch.Tensor:
+    """The logits of one right-padded forward pass over each prompt + answer (teacher
+    forcing); position ``t`` predicts token ``t + 1``."""
     device = next(model.parameters()).device
     rows = [p + a for p, a in pairs]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(dim=-1).tolist()
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+@torch.no_grad()
+def first_differences(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[int]:
+    """For each ``(prompt ids, answer ids)``: where greedy decoding would first differ from the
+    answer (its length when it would not), by teacher forcing in one forward pass."""
+    if not pairs:
+        return []
+    predicted = _forced_logits(model, pairs, pad).argmax(dim=-1).tolist()
     firsts = []
     for (prompt, answer), row in zip(pairs, predicted, strict=True):
         got = row[len(prompt) - 1 : len(prompt) - 1 + len(answer)]
@@ -137,12 +142,8 @@ def largest_gaps(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int)
     value: the answer differs from the greedy one only where the model was nearly undecided."""
     if not pairs:
         return []
-    device = next(model.parameters()).device
-    rows = [p + a for p, a in pairs]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    logits = _forced_logits(model, pairs, pad).float()
+    device = logits.device
     gaps = []
     for n, (prompt, answer) in enumerate(pairs):
         at = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answer), device=device)
