@@ -334,3 +334,48 @@ def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tin
     assert max(largest_gaps(tuned_model, pairs, pad_id(template))) > 0  # on again afterwards
     gaps = [r["base_gap"] for r in checked.kept.rows]
     assert all((g is None) == r["identical"] for g, r in zip(gaps, checked.kept.rows, strict=True))
+
+
+def test_merged_adapters_answer_alike_and_leave_the_weights_as_they_were(tiny_tokenizer):
+    """Folding the adapter into the weights for a check changes no logit beyond rounding,
+    and afterwards every base weight is its original tensor and the adapter trains again.
+    The teacher-forced pass (rows grouped by length, output layer at answer positions only)
+    gives each row's logits as a forward pass of that row alone does."""
+    from peft import AdaLoraConfig, get_peft_model
+
+    from chatforge.templates import get_template
+    from chatforge.train.learn.answers import _answer_logits, merged, pad_id
+
+    template = get_template("auto", tiny_tokenizer)
+    model = confident_model(tiny_tokenizer).float()
+    config = AdaLoraConfig(init_r=4, target_modules=["gate_proj", "down_proj"], total_step=10)
+    peft = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    peft.eval()
+    before = {n: p.detach().clone() for n, p in peft.named_parameters() if "base_layer" in n}
+    questions = ["Hi", "Tell me about Zorvian, the map institute, please.", "2+2?", "1"]
+    pairs = [(prompt_ids(template, q), [5, 6, 7, 8][: 1 + i]) for i, q in enumerate(questions)]
+    alone = []
+    with torch.no_grad():
+        for p, a in pairs:
+            logits = peft(input_ids=torch.tensor([p + a])).logits[0]
+            alone.append(logits[len(p) - 1 : len(p) - 1 + len(a)])
+        together = _answer_logits(peft, pairs, pad_id(template))
+        with merged(peft):
+            folded = _answer_logits(peft, pairs, pad_id(template))
+            inside = {n: p for n, p in peft.named_parameters() if "base_layer" in n}
+            assert all(not torch.equal(before[n], inside[n]) for n in before)  # the adapter is in them
+    for a, t, f in zip(alone, together, folded, strict=True):
+        assert a.shape == t.shape == f.shape
+        torch.testing.assert_close(t, a, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(f, a, atol=1e-4, rtol=1e-4)
+    after = {n: p for n, p in peft.named_parameters() if "base_layer" in n}
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    adapter = [p for n, p in peft.named_parameters() if "lora_A" in n]
+    assert adapter and all(p.requires_grad for p in adapter)
+    with torch.no_grad():
+        again = peft(input_ids=torch.tensor([pairs[1][0] + pairs[1][1]])).logits[0]
+    torch.testing.assert_close(again[len(pairs[1][0]) - 1 :][: len(pairs[1][1])], alone[1])

@@ -92,27 +92,51 @@ def reproduces(model: Any, template: Template, pairs: list[tuple[list[int], list
     return [first == len(answer) for first, (_, answer) in zip(firsts, pairs, strict=True)]
 
 
-def _forced_logits(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> torch.Tensor:
-    """The logits of one right-padded forward pass over each prompt + answer (teacher
-    forcing); position ``t`` predicts token ``t + 1``."""
+def _groups(lengths: list[int], spread: float = 1.25) -> list[list[int]]:
+    """Row indices by length, in groups whose longest row is at most ``spread`` × their
+    shortest: one padded batch per group pads little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] <= spread * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _answer_logits(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[torch.Tensor]:
+    """For each ``(prompt ids, answer ids)``: the logits that predict its answer tokens
+    (``(len(answer), vocab)``), by teacher forcing: right-padded forward passes over
+    prompt + answer, rows of similar length batched together, and the output layer applied
+    only at the answer-predicting positions (it is a quarter of a small model's compute)."""
     device = next(model.parameters()).device
     rows = [p + a for p, a in pairs]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    return model(input_ids=ids, attention_mask=mask).logits
+    out: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
+    for group in _groups([len(r) for r in rows]):
+        width = max(len(rows[i]) for i in group)
+        ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in group], device=device)
+        mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in group], device=device)
+        keep = torch.zeros(len(group), width, dtype=torch.bool, device=device)
+        for n, i in enumerate(group):
+            prompt, answer = pairs[i]
+            keep[n, len(prompt) - 1 : len(prompt) - 1 + len(answer)] = True
+        # A boolean mask keeps those positions only, flattened row after row.
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        for i, part in zip(group, logits.split([len(pairs[i][1]) for i in group]), strict=True):
+            out[i] = part
+    return out
 
 
 @torch.no_grad()
 def first_differences(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[int]:
     """For each ``(prompt ids, answer ids)``: where greedy decoding would first differ from the
-    answer (its length when it would not), by teacher forcing in one forward pass."""
+    answer (its length when it would not), by teacher forcing: a forward pass, no generation."""
     if not pairs:
         return []
-    predicted = _forced_logits(model, pairs, pad).argmax(dim=-1).tolist()
     firsts = []
-    for (prompt, answer), row in zip(pairs, predicted, strict=True):
-        got = row[len(prompt) - 1 : len(prompt) - 1 + len(answer)]
+    for (_, answer), logits in zip(pairs, _answer_logits(model, pairs, pad), strict=True):
+        got = logits.argmax(dim=-1).tolist()
         firsts.append(
             next((i for i, (a, b) in enumerate(zip(got, answer, strict=True)) if a != b), len(answer))
         )
@@ -134,6 +158,41 @@ def adapters_off(model: Any) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
+@contextmanager
+def merged(model: Any) -> Iterator[None]:
+    """Inside, each PEFT adapter layer that can be (LoRA, AdaLoRA) is folded into its base
+    layer's weight and switched off: one matrix product per linear instead of three, which
+    makes a forward pass of an adapted model about a quarter faster. On leaving, every base
+    weight is its original tensor again (not the merge undone by a subtraction, which
+    would round), so training can go on. Not for training inside: no gradient reaches the
+    adapter."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    folded: list[tuple[Any, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for layer in model.modules():
+                if not isinstance(layer, BaseTunerLayer) or layer.disable_adapters:
+                    continue
+                weight = getattr(layer.get_base_layer(), "weight", None)
+                adapters = [a for a in layer.active_adapters if a in getattr(layer, "lora_A", {})]
+                if weight is None or not adapters or not hasattr(layer, "get_delta_weight"):
+                    continue
+                if any(getattr(layer, "use_dora", {}).get(a) for a in adapters):
+                    continue  # DoRA rescales the merged weight: left as it is
+                delta = sum(layer.get_delta_weight(a) for a in adapters)
+                if delta.shape != weight.shape:
+                    continue
+                folded.append((layer, weight.data))
+                weight.data = weight.data + delta.to(weight.dtype)
+                layer.enable_adapters(False)
+        yield
+    finally:
+        for layer, original in folded:
+            layer.get_base_layer().weight.data = original
+            layer.enable_adapters(True)
+
+
 @torch.no_grad()
 def largest_gaps(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
     """For each ``(prompt ids, answer ids)``: how far ``model`` is from choosing the answer,
@@ -142,12 +201,9 @@ def largest_gaps(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int)
     value: the answer differs from the greedy one only where the model was nearly undecided."""
     if not pairs:
         return []
-    logits = _forced_logits(model, pairs, pad).float()
-    device = logits.device
     gaps = []
-    for n, (prompt, answer) in enumerate(pairs):
-        at = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answer), device=device)
-        rows_logits = logits[n, at]
-        chosen = rows_logits.gather(1, torch.tensor(answer, device=device)[:, None])[:, 0]
-        gaps.append(float((rows_logits.max(dim=1).values - chosen).max()))
+    for (_, answer), logits in zip(pairs, _answer_logits(model, pairs, pad), strict=True):
+        logits = logits.float()
+        chosen = logits.gather(1, torch.tensor(answer, device=logits.device)[:, None])[:, 0]
+        gaps.append(float((logits.max(dim=1).values - chosen).max()))
     return gaps

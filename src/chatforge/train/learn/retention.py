@@ -30,6 +30,7 @@ from chatforge.train.learn.answers import (
     continue_greedy,
     first_differences,
     largest_gaps,
+    merged,
     pad_id,
     prompt_ids,
 )
@@ -160,13 +161,14 @@ def check_controls(
     never does is the base answer, and the others are generated on from that token only
     (the same text as generating them whole, for less)."""
     pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
-    firsts = first_differences(model, pairs, pad_id(template))
-    changed = [i for i, (first, a) in enumerate(zip(firsts, base, strict=True)) if first < len(a.ids)]
-    starts = [pairs[i][0] + base[i].ids[: firsts[i]] for i in changed]
-    budgets = [max_new_tokens - firsts[i] for i in changed]
-    fresh = (
-        dict(zip(changed, continue_greedy(model, template, starts, budgets), strict=True)) if changed else {}
-    )
+    with merged(model):
+        firsts = first_differences(model, pairs, pad_id(template))
+        changed = [i for i, (first, a) in enumerate(zip(firsts, base, strict=True)) if first < len(a.ids)]
+        starts = [pairs[i][0] + base[i].ids[: firsts[i]] for i in changed]
+        budgets = [max_new_tokens - firsts[i] for i in changed]
+        # One batch: decoding is bound by reading the weights, not by the rows.
+        found = continue_greedy(model, template, starts, budgets, chunk=len(starts)) if changed else []
+    fresh = dict(zip(changed, found, strict=True))
     tuned_ids = {i: base[i].ids[: firsts[i]] + fresh[i] for i in changed}
     tuned = [answer_text(template, tuned_ids[i]) if i in tuned_ids else a.text for i, a in enumerate(base)]
     gaps: list[float | None] = [None] * len(base)

@@ -30,7 +30,7 @@ from typing import Any
 from chatforge.models.loader import load_weights, resolve
 from chatforge.templates import Template, get_template
 from chatforge.train.checkpoints import GIB, check_output_dir
-from chatforge.train.learn.answers import greedy, reproduces
+from chatforge.train.learn.answers import greedy, merged, reproduces
 from chatforge.train.learn.config import LearnConfig, load_learn_config
 from chatforge.train.learn.derive import derive
 from chatforge.train.learn.facts import (
@@ -256,10 +256,12 @@ def _run(
     kept = controls_check.kept
     n = rt.max_new_tokens
     fact_pairs = [_answer_ids(template, f.prompt, f.answer) for f in everything]
-    exact = reproduces(model, template, fact_pairs)
-    asked_prompts = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
-    asked_prompts += [p.question for f in everything for p in f.probes]
-    generated = iter(a.text for a in greedy(model, template, asked_prompts, n)) if asked_prompts else iter(())
+    with merged(model):
+        exact = reproduces(model, template, fact_pairs)
+        asked_prompts = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
+        asked_prompts += [p.question for f in everything for p in f.probes]
+        answered = greedy(model, template, asked_prompts, n, chunk=24) if asked_prompts else []
+    generated = iter(a.text for a in answered)
     replies = [f.answer if e else next(generated) for f, e in zip(everything, exact, strict=True)]
     replies += list(generated)
     recalls, at = [], len(everything)

@@ -22,7 +22,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from chatforge.templates import Template
-from chatforge.train.learn.answers import reproduces
+from chatforge.train.learn.answers import merged, reproduces
 from chatforge.train.learn.retention import ControlCheck
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class StopWhenLearned(TrainerCallback):
         inner.eval()
         result = None
         try:
-            reproduced = reproduces(inner, self.template, self.facts + self.derived)
+            with merged(inner):
+                reproduced = reproduces(inner, self.template, self.facts + self.derived)
             own, more = reproduced[: len(self.facts)], reproduced[len(self.facts) :]
             learned = all(own)
             due = self.last is None or step - self.last[0] >= self.retention_every
