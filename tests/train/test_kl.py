@@ -204,3 +204,19 @@ def test_kl_with_gradient_accumulation_weighs_micro_batches_like_one_batch(tiny_
     loss_two = [m["loss"] for m in two if "loss" in m]
     assert any(m.get("kl_to_base", 0) > 1e-4 for m in one)
     assert loss_two == pytest.approx(loss_one, rel=1e-4)
+
+
+def test_replay_rows_are_spread_evenly_over_the_batches():
+    from chatforge.train.kl import EvenReplay
+
+    replay = [False] * 48 + [True] * 70  # chatforge learn's mix: 48 fact rows, 70 replayed
+    sampler = EvenReplay(replay, batch_size=8, seed=3)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(118)) and first != second  # a new order per epoch
+    for order in (first, second):
+        own = [sum(not replay[i] for i in order[b : b + 8]) for b in range(0, 118, 8)]
+        assert set(own[:-1]) <= {3, 4} and own[-1] == 2 and sum(own) == 48  # 48/118 of 8 is 3.25
+    lopsided = EvenReplay([True] * 3 + [False] * 10, batch_size=4, seed=0)
+    order = list(lopsided)
+    assert sorted(order) == list(range(13))
+    assert [sum(i < 3 for i in order[b : b + 4]) for b in range(0, 13, 4)] == [1, 1, 1, 0]

@@ -6,10 +6,15 @@ prompts) carry a ``kl_mask`` over their response tokens. :class:`KLTrainer` adds
 With PEFT the base model is the model being trained with its adapter disabled, so no
 second copy is held in memory; it costs one extra forward pass (no gradient) of the rows
 that hold replay tokens.
+
+Replay rows are spread evenly over the batches (:class:`EvenReplay`): every batch holds
+the training rows' share of rows, so no step is all replay (pulling a fact back out) or
+all new rows (pushing everything else away).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -50,6 +55,38 @@ def masked_kl(
     return kl_divergence(logits[:, :-1][target], base_logits[:, :-1][target], reduction)
 
 
+class EvenReplay(torch.utils.data.Sampler[int]):
+    """Row order in which each batch of ``batch_size`` holds training and replay rows in
+    the proportion of the whole data set (rounded so that the shares add up over the
+    batches), each kind in a fresh random order every epoch."""
+
+    def __init__(self, replay: list[bool], batch_size: int, seed: int) -> None:
+        self.replay = replay
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.replay)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        own = [i for i, r in enumerate(self.replay) if not r]
+        rep = [i for i, r in enumerate(self.replay) if r]
+        own = [own[i] for i in torch.randperm(len(own), generator=g).tolist()]
+        rep = [rep[i] for i in torch.randperm(len(rep), generator=g).tolist()]
+        total, share = len(self.replay), len(own) / max(len(self.replay), 1)
+        taken_own = taken_rep = 0
+        while taken_own + taken_rep < total:
+            size = min(self.batch_size, total - taken_own - taken_rep)
+            want = round((taken_own + taken_rep + size) * share) - taken_own
+            want = max(size - (len(rep) - taken_rep), min(want, size, len(own) - taken_own), 0)
+            yield from own[taken_own : taken_own + want]
+            yield from rep[taken_rep : taken_rep + size - want]
+            taken_own, taken_rep = taken_own + want, taken_rep + size - want
+
+
 class KLTrainer(Trainer):
     """A ``Trainer`` whose loss is cross-entropy + ``kl_weight`` × KL(base ‖ tuned) on replay tokens.
 
@@ -62,6 +99,16 @@ class KLTrainer(Trainer):
         self.kl_weight = kl_weight
         self._kl_values: list[float] = []
         self._kl_tokens = 0
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        data = self.train_dataset if train_dataset is None else train_dataset
+        items = getattr(data, "items", None)
+        if items is None or self.args.world_size > 1 or self.args.train_sampling_strategy != "random":
+            return super()._get_train_sampler(train_dataset)
+        replay = [any(item.kl_mask) for item in items]
+        if all(replay) or not any(replay):
+            return super()._get_train_sampler(train_dataset)
+        return EvenReplay(replay, self.args.per_device_train_batch_size, self.args.seed)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         # The KL is a mean over the replay tokens of the whole accumulated batch, like the
