@@ -213,6 +213,8 @@ def test_replay_rows_are_spread_evenly_over_the_batches():
     sampler = EvenReplay(replay, batch_size=8, seed=3)
     first, second = list(sampler), list(sampler)
     assert sorted(first) == sorted(second) == list(range(118)) and first != second  # a new order per epoch
+    sampler.set_epoch(1)  # as a resumed run's Trainer does
+    assert list(sampler) == second
     for order in (first, second):
         own = [sum(not replay[i] for i in order[b : b + 8]) for b in range(0, 118, 8)]
         assert set(own[:-1]) <= {3, 4} and own[-1] == 2 and sum(own) == 48  # 48/118 of 8 is 3.25

@@ -69,6 +69,11 @@ class EvenReplay(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return len(self.replay)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer sets the epoch (a resumed run too), so that epoch ``e``'s order is
+        always the same."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
