@@ -193,3 +193,21 @@ def test_weights_saved_without_gathering_are_refused(tmp_path):
         check_weights(tmp_path)
     save_file({"lora_A.weight": torch.ones(2, 4)}, tmp_path / "adapter.safetensors")
     check_weights(tmp_path)
+
+
+def test_a_matrix_pruned_to_rank_zero_saves_without_a_false_shard_warning(tiny_tokenizer, tmp_path):
+    # peft reads AdaLoRA's empty rank-0 matrices as ZeRO-3 shards saved ungathered; without
+    # sharding that warning is wrong, and train() hides it (the adapter still loads).
+    import warnings
+
+    from peft import PeftModel
+
+    cfg = config(tmp_path, "adalora0", **{"method.name": "adalora", "lora.r": 1, "lora.init_r": 4,
+                                          "lora.tinit": 1, "lora.tfinal": 2, "training.max_steps": 6})  # fmt: skip
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = train(cfg, make_model(tiny_tokenizer).train(), tiny_tokenizer)
+    pattern = json.loads((result.final_dir / "adapter_config.json").read_text())["rank_pattern"]
+    assert min(sum(mask) for mask in pattern.values()) == 0  # a matrix was pruned away
+    assert not [w for w in seen if "invalid shape" in str(w.message)]
+    PeftModel.from_pretrained(make_model(tiny_tokenizer), str(result.final_dir))

@@ -16,6 +16,9 @@ import math
 import os
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +194,21 @@ def resume_path(resume_from: str, out: Path) -> str | None:
     if not (path / CHECKPOINT_COMPLETE).exists():
         log.warning("%s has no %s: it may be an interrupted save", path, CHECKPOINT_COMPLETE)
     return str(path)
+
+
+@contextmanager
+def pruned_ranks_quiet(trainer: Any) -> Iterator[None]:
+    """AdaLoRA's budget can prune a matrix to rank 0, which it saves as an empty
+    ``lora_A``/``lora_B``; peft warns that such tensors are ZeRO-3/FSDP shards saved without
+    gathering. Unsharded, that is a false alarm and is hidden inside; sharded, it stays."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    config = getattr(model, "peft_config", {}).get("default")
+    kind = getattr(getattr(config, "peft_type", None), "value", None)
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    with warnings.catch_warnings():
+        if kind == "ADALORA" and not sharded:
+            warnings.filterwarnings("ignore", message=r"Adapter .* LoRA tensor\(s\) have invalid shape")
+        yield
 
 
 def save_final(trainer: Any, tokenizer: Any, final: Path, info: dict[str, Any]) -> Path:

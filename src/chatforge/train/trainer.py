@@ -39,6 +39,7 @@ from chatforge.train.checkpoints import (
     CheckpointMarker,
     check_output_dir,
     model_bytes,
+    pruned_ranks_quiet,
     required_space,
     resume_path,
     save_final,
@@ -269,7 +270,8 @@ def train(
         callbacks=cbs,
     )
     resume = resume_path(t.resume_from, out)
-    trainer.train(resume_from_checkpoint=resume)
+    with pruned_ranks_quiet(trainer):  # checkpoints are saved inside
+        trainer.train(resume_from_checkpoint=resume)
 
     result = TrainResult(
         output_dir=out,
@@ -286,7 +288,8 @@ def train(
         "global_step": result.global_step,
         "best_checkpoint": result.best_checkpoint,
     }
-    save_final(trainer, tokenizer, out / "final", info)  # every process: gathering the weights is collective
+    with pruned_ranks_quiet(trainer):
+        save_final(trainer, tokenizer, out / "final", info)  # every process: gathering the weights is collective
     if trainer.is_world_process_zero() and t.plot:
         plot_loss(out / METRICS, out / "loss.png", title=f"{config.method.name} · {Path(d.train_file).name}")
     return result
