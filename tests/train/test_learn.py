@@ -78,6 +78,12 @@ def test_learns_the_fact_and_reports_retention(learned):
     # The run stopped at a check where the retention check itself passed, and reports that one.
     last = report["checks"][-1]
     assert last["step"] == report["steps"] and last["controls_kept"] == ret["kept"]
+    # ... and the first retention check came learn.retention_every steps after the fact was reproduced.
+    first = next(c for c in report["checks"] if c["facts_reproduced"] == c["facts"])
+    checked = [c for c in report["checks"] if c["controls_kept"] is not None]
+    assert checked[0]["step"] >= first["step"] + TINY["learn.retention_every"]
+    assert first["controls_kept"] is None and all(c["seconds"] >= 0 for c in report["checks"])
+    assert 0 < report["seconds"]["checks_in_train"] <= report["seconds"]["train"]
     # The subject was asked in more forms, in both languages, and those were trained too.
     assert "What do you know about Zorvian?" in fact["derived"] and "介绍一下Zorvian。" in fact["derived"]
     rows = [json.loads(x) for x in (result.output / "facts.jsonl").read_text(encoding="utf-8").splitlines()]

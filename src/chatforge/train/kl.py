@@ -14,6 +14,7 @@ all new rows (pushing everything else away).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from chatforge.templates import IGNORE_INDEX
+from chatforge.train.lean_adalora import orthogonality_penalty
 
 
 def kl_divergence(logits: torch.Tensor, base_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -104,6 +106,7 @@ class KLTrainer(Trainer):
         self.kl_weight = kl_weight
         self._kl_values: list[float] = []
         self._kl_tokens = 0
+        self._lean: bool | None = None  # see _logits_where_needed
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         data = self.train_dataset if train_dataset is None else train_dataset
@@ -130,6 +133,9 @@ class KLTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         kl_mask = inputs.pop("kl_mask", None)
+        if model.training and self._logits_where_needed(model):
+            loss = self._lean_loss(model, inputs, kl_mask, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
         labels = inputs.get("labels")
         if labels is not None and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
             # Only KL-trained replay rows: no cross-entropy (its mean over no tokens is NaN).
@@ -142,13 +148,73 @@ class KLTrainer(Trainer):
         if kl_mask is not None and model.training and bool(kl_mask[:, 1:].any()):
             tokens = int(kl_mask[:, 1:].sum())
             kl_sum = self._kl(model, inputs, outputs.logits, kl_mask)
-            self._kl_values.append(float(kl_sum.detach()) / tokens)
-            # This micro-batch's share of the mean over the accumulated batch's replay tokens.
-            term = self.kl_weight * kl_sum / max(getattr(self, "_kl_tokens", 0), tokens)
-            if not self._loss_scaled_for_accumulation(num_items_in_batch):
-                term = term * self.current_gradient_accumulation_steps  # the Trainer divides by it
-            loss = loss + term
+            loss = loss + self._kl_term(kl_sum, tokens, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _logits_where_needed(self, model: Any) -> bool:
+        """Whether a training step may compute logits only where the loss reads them: one
+        process, an adapter that does not add virtual tokens, and a model whose forward
+        takes a ``logits_to_keep`` mask."""
+        if self._lean is None:
+            peft_model = self.accelerator.unwrap_model(model)
+            config = getattr(peft_model, "active_peft_config", None)
+            base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else None
+            self._lean = (
+                self.args.world_size == 1
+                and config is not None
+                and not config.is_prompt_learning
+                and base is not None
+                and "logits_to_keep" in inspect.signature(base.forward).parameters
+            )
+        return self._lean
+
+    def _lean_loss(
+        self, model: Any, inputs: dict[str, Any], kl_mask: Any, num_items_in_batch: Any
+    ) -> torch.Tensor:
+        """Cross-entropy + the KL term with the output layer applied only at the positions
+        that predict a trained or a replayed token (the rest of a row is prompt). The same
+        loss as the full pass: the output layer and the softmax over a 150k vocabulary are
+        a large part of a small model's step."""
+        labels = inputs["labels"]
+        ce_at = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+        kl_at = kl_mask[:, 1:].bool() if kl_mask is not None else torch.zeros_like(ce_at)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = ce_at | kl_at
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = model(**model_inputs, logits_to_keep=keep).logits  # (kept positions, vocab), row by row
+        if logits.shape[0] != int(keep.sum()):
+            raise RuntimeError(f"logits_to_keep gave {tuple(logits.shape)} for {int(keep.sum())} positions")
+        ce_rows = ce_at[keep[:, :-1]]
+        count = int(ce_rows.sum())
+        if count:
+            targets = labels[:, 1:][keep[:, :-1]][ce_rows]
+            ce_sum = F.cross_entropy(logits[ce_rows].float(), targets, reduction="sum")
+            scaled = self._loss_scaled_for_accumulation(num_items_in_batch)
+            loss = ce_sum / (num_items_in_batch if scaled else count)
+        else:
+            loss = logits.sum() * 0.0  # replay rows only
+        peft_model = self.accelerator.unwrap_model(model)
+        if count and (penalty := orthogonality_penalty(peft_model)) is not None:
+            loss = loss + penalty  # what peft adds to a loss the model computes itself
+        tokens = int(kl_at.sum())
+        if tokens:
+            rows = kl_at.any(dim=1)
+            base_keep = torch.zeros_like(keep[rows])
+            base_keep[:, :-1] = kl_at[rows]
+            base_inputs = {k: v[rows] for k, v in model_inputs.items()}
+            with torch.no_grad(), peft_model.disable_adapter():
+                base_logits = peft_model(**base_inputs, logits_to_keep=base_keep).logits
+            kl_sum = kl_divergence(logits[kl_at[keep[:, :-1]]], base_logits, reduction="sum")
+            loss = loss + self._kl_term(kl_sum, tokens, num_items_in_batch)
+        return loss
+
+    def _kl_term(self, kl_sum: torch.Tensor, tokens: int, num_items_in_batch: Any) -> torch.Tensor:
+        self._kl_values.append(float(kl_sum.detach()) / tokens)
+        # This micro-batch's share of the mean over the accumulated batch's replay tokens.
+        term = self.kl_weight * kl_sum / max(getattr(self, "_kl_tokens", 0), tokens)
+        if not self._loss_scaled_for_accumulation(num_items_in_batch):
+            term = term * self.current_gradient_accumulation_steps  # the Trainer divides by it
+        return term
 
     def _kl(
         self, model: Any, inputs: dict[str, Any], logits: torch.Tensor, kl_mask: torch.Tensor

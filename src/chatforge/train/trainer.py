@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,10 @@ from chatforge.train.dataset import (
     sanity_table,
 )
 from chatforge.train.kl import KLTrainer
+from chatforge.train.lean_adalora import lean_adalora
 from chatforge.train.methods import apply_method, indistinct_output_rows, is_peft
 from chatforge.train.plot import plot_loss
+from chatforge.train.precision import frozen_linears_in_bf16
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +273,12 @@ def train(
         callbacks=cbs,
     )
     resume = resume_path(t.resume_from, out)
-    with pruned_ranks_quiet(trainer):  # checkpoints are saved inside
+    # Under bf16 autocast the frozen base weights are cast once, not at every forward pass;
+    # only an adapter's checkpoints are saved inside, so no cast weight is ever written.
+    cast = frozen_linears_in_bf16(model) if args.bf16 and is_peft(model) else nullcontext(0)
+    with pruned_ranks_quiet(trainer), cast as n_cast, lean_adalora(model):  # checkpoints are saved inside
+        if n_cast:
+            log.info("%d frozen linear layers held in bf16 while training", n_cast)
         trainer.train(resume_from_checkpoint=resume)
 
     result = TrainResult(

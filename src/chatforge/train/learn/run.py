@@ -246,6 +246,7 @@ def _run(
     t = time.perf_counter()
     trained = train(train_cfg, model, tokenizer, base_model=model_ref, callbacks=[stopper])
     seconds["train"] = time.perf_counter() - t
+    seconds["checks_in_train"] = stopper.seconds  # the stopping criterion's checks, part of "train"
 
     t = time.perf_counter()
     model.eval()
