@@ -12,6 +12,7 @@ from tiny import make_model  # noqa: E402
 
 from chatforge.messages import Message, Role
 from chatforge.train.checkpoints import OutputDirError
+from chatforge.train.config import ConfigError
 from chatforge.train.learn import LearnError, LearnInputError, learn
 from chatforge.train.learn.answers import prompt_ids
 from chatforge.train.learn.config import load_learn_config
@@ -385,3 +386,29 @@ def test_merged_adapters_answer_alike_and_leave_the_weights_as_they_were(tiny_to
     with torch.no_grad():
         again = peft(input_ids=torch.tensor([pairs[1][0] + pairs[1][1]])).logits[0]
     torch.testing.assert_close(again[len(pairs[1][0]) - 1 :][: len(pairs[1][1])], alone[1])
+
+
+def test_the_replay_grows_with_the_facts_rows():
+    """With --into the facts' rows grow; the replay rows are repeated to keep their share,
+    every replay prompt as often as the others (give or take one)."""
+    from collections import Counter
+
+    from chatforge.train.learn.run import _grown
+
+    replay = [(f"q{i}", "a") for i in range(70)]
+    cfg = load_learn_config(None, None)
+    assert _grown(replay, 48, cfg) == replay  # one new fact: 70 of 118 rows already
+    grown = _grown(replay, 304, cfg)  # ten facts
+    assert len(grown) / (len(grown) + 304) >= cfg.learn.replay_share > len(grown[:-1]) / (len(grown) + 303)
+    assert set(Counter(grown).values()) <= {5, 6}
+    assert _grown(replay, 304, load_learn_config(None, {"learn.replay_share": 0})) == replay
+    assert _grown([], 304, cfg) == []
+
+
+def test_the_step_cap_grows_with_the_facts_already_held(tmp_path):
+    cfg = load_learn_config(None, None)
+    args = (tmp_path / "t.jsonl", tmp_path / "r.jsonl", tmp_path / "out", "test")
+    assert cfg.train_config(*args).training.max_steps == 18
+    assert cfg.train_config(*args, earlier=9).training.max_steps == 18 + 9 * cfg.learn.steps_per_earlier_fact
+    with pytest.raises(ConfigError, match="learn.steps_per_earlier_fact"):
+        load_learn_config(None, {"learn.steps_per_earlier_fact": -1})

@@ -28,6 +28,8 @@ class LearnOptions:
     derive: bool = True  # ask each fact's subject in more forms, in English and Chinese (derive.py)
     derived_repeats: int = 24  # training rows per new fact spread over its derived prompts
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
+    replay_share: float = 0.55  # replay rows repeated until they are at least this share of the rows
+    steps_per_earlier_fact: int = 2  # --into: the step cap grows by this for each fact already held
     check_every: int = 2  # optimiser steps between tests of the stopping criterion
     min_steps: int = 6  # no stop before this step
     retention_every: int = 4  # steps between retention checks while they fail
@@ -51,8 +53,11 @@ class LearnConfig:
     retention: RetentionOptions = field(default_factory=RetentionOptions)
     train: dict[str, Any] = field(default_factory=dict)  # flat ``group.field`` -> value for chatforge train
 
-    def train_config(self, train_file: Path, replay_file: Path, output_dir: Path, source: str) -> TrainConfig:
-        """The ``chatforge train`` config of one learning run."""
+    def train_config(
+        self, train_file: Path, replay_file: Path, output_dir: Path, source: str, earlier: int = 0
+    ) -> TrainConfig:
+        """The ``chatforge train`` config of one learning run, into an adapter that holds
+        ``earlier`` facts already (their rows make the data set longer: the cap grows)."""
         flat = {
             **self.train,
             "data.train_file": str(train_file),
@@ -60,7 +65,10 @@ class LearnConfig:
             "data.format": "prompt_response",
             "training.output_dir": str(output_dir),
         }
-        return build_config(flat, source)
+        config = build_config(flat, source)
+        if earlier and config.training.max_steps > 0:
+            config.training.max_steps += self.learn.steps_per_earlier_fact * earlier
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         nested: dict[str, Any] = {}
@@ -127,11 +135,13 @@ def _validate(config: LearnConfig, source: str) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"{source}: {name} must be > 0, got {value!r}")
-    if min(lo.earlier_repeats, lo.derived_repeats, lo.min_steps, rt.max_leaked) < 0:
+    if min(lo.earlier_repeats, lo.derived_repeats, lo.min_steps, lo.steps_per_earlier_fact, rt.max_leaked) < 0:
         raise ConfigError(
-            f"{source}: learn.earlier_repeats, learn.derived_repeats, learn.min_steps and "
-            "retention.max_leaked must be >= 0"
+            f"{source}: learn.earlier_repeats, learn.derived_repeats, learn.min_steps, "
+            "learn.steps_per_earlier_fact and retention.max_leaked must be >= 0"
         )
+    if not 0 <= lo.replay_share < 1:
+        raise ConfigError(f"{source}: learn.replay_share must be in [0, 1), got {lo.replay_share!r}")
     if rt.max_base_gap < 0:
         raise ConfigError(f"{source}: retention.max_base_gap must be >= 0, got {rt.max_base_gap!r}")
     if not 0 <= rt.min_kept <= 1:

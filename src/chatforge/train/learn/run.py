@@ -222,7 +222,7 @@ def _run(
         derive(model, template, new_facts, controls)
     seconds["derive"] = time.perf_counter() - t
     train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, cfg)
-    train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config")
+    train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config", len(earlier))
     if into:
         from peft import PeftModel
 
@@ -291,6 +291,7 @@ def _run(
         "base_model": model_ref,
         "base_fingerprint": model_hash,
         "steps": trained.global_step,
+        "max_steps": train_cfg.training.max_steps,
         "stopped_by": "criterion" if stopper.stopped_at else "training.max_steps",
         "checks": stopper.history,
         "losses": [round(x, 4) for x in trained.losses],
@@ -329,7 +330,16 @@ def _write_rows(
     # A replayed answer to a question the facts answer would pull the other way.
     asked = {normalise(p) for f in new + earlier for p in f.prompts + f.derived}
     replayed = [(a.question, a.text) for a in replay if normalise(a.question) not in asked]
-    return dump(staging / "facts.jsonl", rows), dump(staging / "replay.jsonl", replayed)
+    return dump(staging / "facts.jsonl", rows), dump(staging / "replay.jsonl", _grown(replayed, len(rows), cfg))
+
+
+def _grown(replayed: list[tuple[str, str]], fact_rows: int, cfg: LearnConfig) -> list[tuple[str, str]]:
+    """The replay rows, repeated until they are at least ``learn.replay_share`` of all
+    training rows (the last copy in part: rows spread evenly over the set)."""
+    share, n = cfg.learn.replay_share, len(replayed)
+    need = max(n, int(-(-share * fact_rows // (1 - share)))) if share and n else n
+    copies, part = divmod(need, n) if n else (0, 0)
+    return replayed * copies + [replayed[j * n // part] for j in range(part)]
 
 
 def _rows(fact: Fact, copies: int, derived_rows: int) -> list[tuple[str, str]]:

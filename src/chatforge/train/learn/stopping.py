@@ -2,9 +2,10 @@
 
 Every ``check_every`` optimiser steps (from ``min_steps`` on) :class:`StopWhenLearned`
 asks, in one teacher-forced float32 pass (:func:`~.answers.reproduces`), whether greedy
-decoding now gives each fact's answer to every prompt the user gave (and counts, for the
-report, the prompts derived from it by :mod:`.derive` that it gives exactly: a derived
-prompt may well be answered with the fact in other words, so they do not gate).
+decoding now gives each fact's answer to every prompt the user gave. Where the retention
+check runs, it also counts, for the report, the prompts derived from the fact by
+:mod:`.derive` that it gives exactly (a derived prompt may well be answered with the fact
+in other words, so they do not gate).
 ``retention_every`` steps after the facts were first reproduced (right then the controls
 were still off in every measured run: 12–17 of 20 kept), the retention check itself runs
 on the model as it is (the controls answered and judged, as at the end of the run:
@@ -74,16 +75,18 @@ class StopWhenLearned(TrainerCallback):
             # The trainer holds the frozen base weights in bf16 (under autocast that changes
             # nothing); the checks are float32 passes over the original weights.
             with full_precision(inner):
-                with merged(inner):
-                    reproduced = reproduces(inner, self.template, self.facts + self.derived)
-                own, more = reproduced[: len(self.facts)], reproduced[len(self.facts) :]
+                # A few rows: cheaper through the adapter than folding it into the weights.
+                own = reproduces(inner, self.template, self.facts)
                 learned = all(own)
                 if learned and self.reproduced_at is None:
                     self.reproduced_at = step
                 since = self.last[0] if self.last else self.reproduced_at
                 due = since is not None and step - since >= self.retention_every
                 reproduced_s = time.perf_counter() - started
+                more: list[bool] | None = None  # the derived prompts: counted where the check runs
                 if learned and due:
+                    with merged(inner):
+                        more = reproduces(inner, self.template, self.derived)
                     result = self.check(inner)
                     self.last = (step, result)
         finally:
@@ -91,15 +94,16 @@ class StopWhenLearned(TrainerCallback):
         seconds = time.perf_counter() - started
         self.seconds += seconds
         row = {"step": step, "facts_reproduced": sum(own), "facts": len(own),
-               "derived_reproduced": sum(more), "derived": len(more),
+               "derived_reproduced": None if more is None else sum(more), "derived": len(self.derived),
                "controls_kept": None if result is None else result.kept.kept,
                "controls": len(result.kept.rows) if result else None,
                "seconds": round(seconds, 1)}  # fmt: skip
         self.history.append(row)
-        log.info("step %d: %d/%d facts reproduced (%d/%d derived prompts, %.1f s); %s", step, sum(own),
-                 len(own), sum(more), len(more), reproduced_s, "retention not checked" if result is None else
+        log.info("step %d: %d/%d facts reproduced (%.1f s); %s", step, sum(own), len(own), reproduced_s,
+                 "retention not checked" if result is None else
                  f"retention check: {result.kept.kept}/{len(result.kept.rows)} controls kept, "
-                 f"{result.kept.leaked} leaked ({seconds - reproduced_s:.1f} s)")  # fmt: skip
+                 f"{result.kept.leaked} leaked; {sum(more or [])}/{len(self.derived)} derived prompts "
+                 f"reproduced ({seconds - reproduced_s:.1f} s)")  # fmt: skip
         if result is not None and result.kept.passed:
             self.stopped_at = step
             control.should_training_stop = True
