@@ -180,7 +180,7 @@ class KLTrainer(Trainer):
         kl_at = kl_mask[:, 1:].bool() if kl_mask is not None else torch.zeros_like(ce_at)
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = ce_at | kl_at
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
         logits = model(**model_inputs, logits_to_keep=keep).logits  # (kept positions, vocab), row by row
         if logits.shape[0] != int(keep.sum()):
             raise RuntimeError(f"logits_to_keep gave {tuple(logits.shape)} for {int(keep.sum())} positions")
