@@ -4,7 +4,8 @@ Under ``torch.autocast`` a float32 ``nn.Linear`` weight is cast to bfloat16 at e
 Autocast caches that cast only for weights that require a gradient, so the frozen base
 model of an adapter (LoRA, AdaLoRA, P-Tuning) is copied in full at every forward pass:
 the tuned pass and, with ``training.kl_to_base``, the base model's pass too. On a 2-core
-CPU those copies were a third of a ``chatforge learn`` step.
+CPU, casting once saved a few percent of a ``chatforge learn`` step (most of that step's
+copies were AdaLoRA's own: :mod:`.lean_adalora`).
 
 :func:`frozen_linears_in_bf16` casts each frozen float32 linear weight (and bias) once
 for the whole run. Autocast would have cast it the same way (round to nearest) before

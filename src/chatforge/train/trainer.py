@@ -276,8 +276,8 @@ def train(
     # Under bf16 autocast the frozen base weights are cast once, not at every forward pass;
     # only an adapter's checkpoints are saved inside, so no cast weight is ever written.
     # One process only: sharding wrappers (FSDP, ZeRO) flatten parameters of one dtype.
-    one = args.bf16 and is_peft(model) and world == 1
-    cast = frozen_linears_in_bf16(model) if one else nullcontext(0)
+    cast_frozen = args.bf16 and is_peft(model) and world == 1
+    cast = frozen_linears_in_bf16(model) if cast_frozen else nullcontext(0)
     with pruned_ranks_quiet(trainer), cast as n_cast, lean_adalora(model):  # checkpoints are saved inside
         if n_cast:
             log.info("%d frozen linear layers held in bf16 while training", n_cast)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -336,9 +337,11 @@ def _write_rows(
 def _grown(replayed: list[tuple[str, str]], fact_rows: int, cfg: LearnConfig) -> list[tuple[str, str]]:
     """The replay rows, repeated until they are at least ``learn.replay_share`` of all
     training rows (the last copy in part: rows spread evenly over the set)."""
-    share, n = cfg.learn.replay_share, len(replayed)
-    need = max(n, int(-(-share * fact_rows // (1 - share)))) if share and n else n
-    copies, part = divmod(need, n) if n else (0, 0)
+    n = len(replayed)
+    if not n:
+        return replayed
+    share = cfg.learn.replay_share
+    copies, part = divmod(max(n, math.ceil(share * fact_rows / (1 - share))), n)
     return replayed * copies + [replayed[j * n // part] for j in range(part)]
 
 
