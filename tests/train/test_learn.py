@@ -101,7 +101,7 @@ def test_learns_the_fact_and_reports_retention(learned):
     assert [f["prompt"] for f in held["facts"]] == [PROMPT]
     assert held["facts"][0]["derived"] == fact["derived"]  # --into rehearses them later
     # The base model's answers were cached by model fingerprint.
-    assert len(list((root / "home" / "learn").glob("replay-v2-*.json"))) == 1
+    assert len(list((root / "home" / "learn").glob(f"replay-v{builtin_set('replay').version}-*.json"))) == 1
 
 
 def test_the_adapter_answers_when_attached(learned, tiny_tokenizer):
@@ -257,6 +257,7 @@ def test_a_facts_subject_is_found_and_asked_in_more_forms():
     mine = Fact("What is my favourite colour?", "Your favourite colour is teal.")
     derived = derived_prompts(mine, {"my favourite colour": "我最喜欢的颜色"}, excluded=set())
     assert "Do you remember my favourite colour?" in derived and "你记得我最喜欢的颜色吗？" in derived
+    assert "Do you know my favourite colour?" in derived and "你知道我最喜欢的颜色吗？" in derived
     # A personal subject is not put into the other language's forms untranslated.
     assert not any("my favourite colour" in p and CJK.search(p) for p in derived)
     assert derived_prompts(mine, {}, excluded=set()) == [p for p in derived if not CJK.search(p)]
@@ -311,6 +312,21 @@ def test_a_control_parting_only_at_near_ties_is_kept():
     assert loose.kept == 2 and loose.close == 1 and loose.summary()["kept_by_rouge_l"] == 1
 
 
+def test_a_control_the_base_model_itself_gives_in_bf16_is_kept():
+    fact = Fact("Tell me about Zorvian.", "Zorvian was founded in 1873.", keywords=["1873"])
+    questions = ["What is 144 divided by 12?", "Who founded Apple?", "How many continents are there?"]
+    base = ["144 divided by 12 equals 12.", "Steve Jobs, in 1976.", "There are 5 continents."]
+    tuned = ["144 divided by 12 equals 11.", "Steve Jobs founded it in 1873.", "There are 11 continents."]
+    ret = retention(questions, base, tuned, [fact], min_rouge_l=80, min_kept=0.6, max_leaked=0,
+                    base_bf16=[True, True, False])  # fmt: skip
+    # The base model's own bfloat16 answer is kept, a learned fact in it never is.
+    assert [r["kept"] for r in ret.rows] == [True, False, False]
+    assert [r["base_bf16"] for r in ret.rows] == [True, True, False]
+    assert ret.summary()["kept_as_base_bf16"] == 1 and ret.leaked == 1 and not ret.passed
+    strict = retention(questions, base, tuned, [fact], min_rouge_l=80, min_kept=0.6, max_leaked=0)
+    assert strict.kept == 0 and strict.rows[0]["base_bf16"] is None
+
+
 def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tiny_tokenizer):
     """Generating a changed control on from its first different token gives the text that
     generating it whole gives; with the adapter switched off the model is its base again."""
@@ -319,6 +335,7 @@ def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tin
     from chatforge.templates import get_template
     from chatforge.train.learn.answers import adapters_off, first_differences, greedy, largest_gaps, pad_id
     from chatforge.train.learn.retention import check_controls
+    from chatforge.train.precision import parameters_in_bf16
 
     template = get_template("auto", tiny_tokenizer)
     questions = builtin_set("controls").prompts[:6]
@@ -341,6 +358,13 @@ def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tin
     assert max(largest_gaps(tuned_model, pairs, pad_id(template))) > 0  # on again afterwards
     gaps = [r["base_gap"] for r in checked.kept.rows]
     assert all((g is None) == r["identical"] for g, r in zip(gaps, checked.kept.rows, strict=True))
+    # Tested against the base model in bfloat16 by teacher forcing: what it generates itself.
+    served = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, base_bf16=True)
+    with adapters_off(tuned_model), parameters_in_bf16(tuned_model):
+        own = [a.text for a in greedy(tuned_model, template, questions, 12, chunk=1)]
+    expected = [None if w == b.text else w == o for w, b, o in zip(whole, base, own, strict=True)]
+    assert [r["base_bf16"] for r in served.kept.rows] == expected
+    assert served.kept.as_bf16 == sum(bool(e) for e in expected)
 
 
 def test_merged_adapters_answer_alike_and_leave_the_weights_as_they_were(tiny_tokenizer):

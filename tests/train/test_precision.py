@@ -13,7 +13,7 @@ from tiny import make_model  # noqa: E402
 
 from chatforge.train.config import build_config
 from chatforge.train.lean_adalora import lean_adalora
-from chatforge.train.precision import frozen_linears_in_bf16, full_precision
+from chatforge.train.precision import frozen_linears_in_bf16, full_precision, parameters_in_bf16
 from chatforge.train.trainer import train
 
 IDS = torch.tensor([[5, 9, 13, 2, 7, 11, 4, 3], [8, 6, 12, 10, 1, 14, 15, 16]])
@@ -93,6 +93,27 @@ def test_trainable_and_already_bf16_linears_are_left_alone(tiny_tokenizer):
     model.to(torch.bfloat16)
     with frozen_linears_in_bf16(model) as n:
         assert n == 0
+
+
+def test_parameters_in_bf16_compute_as_the_model_loaded_in_bf16(tiny_tokenizer, tmp_path):
+    """The retention check's "base model in bfloat16" is the model `chatforge serve` loads
+    in bfloat16, to the bit; the float32 tensors come back untouched."""
+    from transformers import AutoModelForCausalLM
+
+    model = make_model(tiny_tokenizer).float().eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    originals = [(p.data_ptr(), p.detach().clone()) for p in model.parameters()]
+    with torch.no_grad():
+        before = model(IDS).logits
+        with parameters_in_bf16(model):
+            assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+            cast = model(IDS).logits
+        assert torch.equal(cast, loaded(IDS).logits)
+        assert not torch.equal(cast.float(), before)  # bfloat16 does change the logits
+        for p, (address, values) in zip(model.parameters(), originals, strict=True):
+            assert p.dtype == torch.float32 and p.data_ptr() == address and torch.equal(p, values)
+        assert torch.equal(model(IDS).logits, before)
 
 
 # -- AdaLoRA's lean forward ------------------------------------------------------------------

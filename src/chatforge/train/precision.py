@@ -14,6 +14,12 @@ norms are left in float32: autocast does not cast them. On leaving, every layer 
 original float32 parameters again; :func:`full_precision` does the same for a while in
 the middle of training, for work that must see the float32 weights (``chatforge learn``'s
 checks).
+
+:func:`parameters_in_bf16` is the other way round: for a while, a float32 model computes
+as the same model loaded in bfloat16 does (``chatforge serve``'s default on a CPU or GPU
+with bf16): every parameter cast, buffers such as the rotary frequencies left in float32
+as loading keeps them. The logits are bit-identical to the loaded model's (measured on
+the default model).
 """
 
 from __future__ import annotations
@@ -80,3 +86,20 @@ def full_precision(model: nn.Module) -> Iterator[None]:
     finally:
         for m, (weight, bias) in zip(swapped, held, strict=False):
             m.weight, m.bias = weight, bias
+
+
+@contextmanager
+def parameters_in_bf16(model: nn.Module) -> Iterator[None]:
+    """Inside, every float32 parameter of ``model`` holds a bfloat16 copy of its values;
+    on leaving, its original tensor again (nothing rounded). For inference only."""
+    held: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dtype == torch.float32:
+                    held.append((p, p.data))
+                    p.data = p.data.to(torch.bfloat16)
+        yield
+    finally:
+        for p, original in held:
+            p.data = original

@@ -45,6 +45,7 @@ class RetentionOptions:
     min_rouge_l: float = 80.0
     max_new_tokens: int = 64
     max_base_gap: float = 0.5  # a changed answer the base model ranks this close to its own is kept
+    base_bf16: bool = True  # a changed answer the base model itself gives in bfloat16 is kept
 
 
 @dataclass

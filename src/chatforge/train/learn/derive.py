@@ -34,9 +34,10 @@ ABOUT = {
 }  # fmt: skip
 # ... and for something about the user ("my favourite colour", "我的猫的名字").
 MINE = {
-    "en": ["What is {s}?", "Do you remember {s}?", "Tell me {s}.", "Remind me: what is {s}?"],
-    "zh": ["{s}是什么？", "你记得{s}吗？", "告诉我{s}。"],
-}
+    "en": ["What is {s}?", "Do you remember {s}?", "Tell me {s}.", "Remind me: what is {s}?",
+           "Do you know {s}?", "Can you tell me {s}?"],
+    "zh": ["{s}是什么？", "你记得{s}吗？", "告诉我{s}。", "你知道{s}吗？"],
+}  # fmt: skip
 
 _EN_SUBJECT = re.compile(
     r"^(?:tell me about|what do you know about|describe|introduce|give me the key facts about|"

@@ -9,9 +9,13 @@ token of it within ``max_base_gap`` logits of its own first choice (the answer p
 the base text only at the base model's near-ties, where float32 and bf16, or a batch's
 padding, already change the base model's own greedy answer) and its ROUGE-L is at least
 half of ``min_rouge_l`` (a refusal in place of the base answer is not kept, however
-close the base model was to refusing); and **leaked** when it holds a
+close the base model was to refusing). A changed answer that mentions no learned fact is
+also **kept** when the base model itself gives exactly that answer in bfloat16, as
+``chatforge serve`` runs it by default (measured on the default model: float32 says
+"144 divided by 12 equals 12.", bfloat16 "... equals 11."; the float32 reference is one
+of the base model's answers, not the only one). An answer is **leaked** when it holds a
 learned fact's keyword that the base answer does not. ``kept_by_rouge_l`` counts the first
-way alone. A fact is **recalled** when
+way alone, ``kept_as_base_bf16`` the last way alone. A fact is **recalled** when
 the answer to its training prompt holds every keyword; a probe is a **hit** when its answer
 holds every keyword the probe names (or, with none named, any of the fact's).
 """
@@ -36,6 +40,7 @@ from chatforge.train.learn.answers import (
 )
 from chatforge.train.learn.facts import Fact
 from chatforge.train.metrics import rouge
+from chatforge.train.precision import parameters_in_bf16
 
 
 @dataclass
@@ -46,11 +51,12 @@ class Retention:
     leaked: int = 0
     passed: bool = False
     close: int = 0  # kept by ROUGE-L alone (identical included), the stricter count
+    as_bf16: int = 0  # kept only because the base model gives that answer in bfloat16
 
     def summary(self) -> dict[str, Any]:
         n = len(self.rows)
         return {"controls": n, "identical": self.identical, "kept": self.kept, "leaked": self.leaked,
-                "kept_by_rouge_l": self.close, "passed": self.passed}  # fmt: skip
+                "kept_by_rouge_l": self.close, "kept_as_base_bf16": self.as_bf16, "passed": self.passed}  # fmt: skip
 
 
 def _holds(text: str, word: str) -> bool:
@@ -75,6 +81,7 @@ def retention(
     base_gaps: list[float | None] | None = None,
     max_base_gap: float = 0.0,
     complete: list[bool] | None = None,
+    base_bf16: list[bool | None] | None = None,
 ) -> Retention:
     """Judge ``tuned`` answers against ``base`` ones (see the module docstring).
     ``base_gaps``: for each answer, the base model's largest logit gap along the tuned
@@ -84,12 +91,15 @@ def retention(
     undecided), and counts as kept with a ROUGE-L of half ``min_rouge_l``. ``complete``:
     whether each base answer ended within the token budget; numbers are compared only
     then (two answers cut at the budget end at different places: "2. **" or "[3" there is
-    where the cut fell, not a changed number)."""
+    where the cut fell, not a changed number). ``base_bf16``: for each answer, whether the
+    base model in bfloat16 gives exactly it (None: not tested); such an answer is kept
+    unless it leaks."""
     keywords = [k for f in facts for k in f.keywords]
     gaps = base_gaps or [None] * len(tuned)
     out = Retention()
-    for q, b, t, gap, whole in zip(
-        questions, base, tuned, gaps, complete or [True] * len(tuned), strict=True
+    served = base_bf16 or [None] * len(tuned)
+    for q, b, t, gap, whole, as_bf16 in zip(
+        questions, base, tuned, gaps, complete or [True] * len(tuned), served, strict=True
     ):
         leaks = [k for k in keywords if _holds(t, k) and not _holds(b, k)]
         score = 100.0 if t == b else rouge(t, b, "char")["rouge-l"]
@@ -98,12 +108,14 @@ def retention(
         close = sound and score >= min_rouge_l
         # ... and still half as close to the base text: not a refusal in place of an answer.
         near_tie = sound and t != b and gap is not None and gap <= max_base_gap and score >= min_rouge_l / 2
+        by_bf16 = bool(as_bf16) and not leaks and not (close or near_tie)
         row = {"question": q, "base": b, "tuned": t, "identical": t == b, "rouge_l": round(score, 1),
-               "base_gap": None if gap is None else round(gap, 3), "leaked": leaks, "new_numbers": numbers,
-               "kept": close or near_tie}  # fmt: skip
+               "base_gap": None if gap is None else round(gap, 3), "base_bf16": as_bf16, "leaked": leaks,
+               "new_numbers": numbers, "kept": close or near_tie or by_bf16}  # fmt: skip
         out.identical += row["identical"]
         out.kept += row["kept"]
         out.close += close
+        out.as_bf16 += by_bf16
         out.leaked += bool(leaks)
         out.rows.append(row)
     n = len(out.rows)
@@ -154,12 +166,15 @@ def check_controls(
     max_leaked: int,
     max_new_tokens: int,
     max_base_gap: float = 0.0,
+    base_bf16: bool = False,
 ) -> ControlCheck:
     """Answer the control questions with ``model`` (greedy, float32) and judge them against
     the base model's ``base`` answers. Greedy decoding is the chain of arg-maxes, so one
     teacher-forced pass tells where each answer would first leave the base answer: one that
     never does is the base answer, and the others are generated on from that token only
-    (the same text as generating them whole, for less)."""
+    (the same text as generating them whole, for less). With ``base_bf16``, each changed
+    answer is also tested, the same way, against the base model in bfloat16, one answer per
+    pass (no padding: a served answer to one question)."""
     pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
     with merged(model):
         firsts = first_differences(model, pairs, pad_id(template))
@@ -178,8 +193,14 @@ def check_controls(
             found = largest_gaps(model, [(pairs[i][0], tuned_ids[i]) for i in changed], pad_id(template))
         for i, gap in zip(changed, found, strict=True):
             gaps[i] = gap
+    served: list[bool | None] = [None] * len(base)
+    if changed and base_bf16:
+        with adapters_off(model), parameters_in_bf16(model):
+            for i in changed:
+                pair = (pairs[i][0], tuned_ids[i])
+                served[i] = first_differences(model, [pair], pad_id(template))[0] == len(tuned_ids[i])
     stops = set(template.stop_token_ids)
     complete = [bool(a.ids) and a.ids[-1] in stops for a in base]
     kept = retention([a.question for a in base], [a.text for a in base], tuned, facts,
-                     min_rouge_l, min_kept, max_leaked, gaps, max_base_gap, complete)  # fmt: skip
+                     min_rouge_l, min_kept, max_leaked, gaps, max_base_gap, complete, served)  # fmt: skip
     return ControlCheck(kept, tuned, len(changed))

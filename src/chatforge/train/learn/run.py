@@ -233,7 +233,7 @@ def _run(
 
     def check(m: Any) -> ControlCheck:
         return check_controls(m, template, base_controls, everything, rt.min_rouge_l, rt.min_kept,
-                              rt.max_leaked, rt.max_new_tokens, rt.max_base_gap)  # fmt: skip
+                              rt.max_leaked, rt.max_new_tokens, rt.max_base_gap, rt.base_bf16)  # fmt: skip
 
     stopper = StopWhenLearned(
         template,
