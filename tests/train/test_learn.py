@@ -278,6 +278,58 @@ def test_a_translation_that_loses_a_name_is_not_used():
     assert keeps_names("星云笔记本", "Here is the translation:\nStar Cloud") is False
 
 
+def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tokenizer):
+    from chatforge.templates import get_template
+    from chatforge.train.learn import translate
+    from chatforge.train.learn.answers import Answer
+
+    org = Fact("Tell me about the Zorvian Institute.", "The Zorvian Institute was founded in 1873 by Elena Marsh.",
+               keywords=["1873", "Elena Marsh"])  # fmt: skip
+    text, holders = translate.masked(org.answer, ["Zorvian Institute", "Elena Marsh"])
+    assert text == "AAA was founded in 1873 by BBB." and holders == {"AAA": "Zorvian Institute", "BBB": "Elena Marsh"}
+    # Kept: every placeholder once, the numbers, Chinese with no English word left.
+    assert translate.usable(text, "AAA于1873年由BBB创立。", "zh")
+    assert not translate.usable(text, "中国科学院于1873年由BBB创立。", "zh")  # a name lost
+    assert not translate.usable(text, "AAA于1973年由BBB创立。", "zh")  # a number changed
+    assert not translate.usable(text, "AAA于1873年由BBB在harbor创立。", "zh")  # half translated
+    assert not translate.usable(text, "AAA was founded in 1873 by BBB.", "zh")
+    assert translate.usable("AAA是BBB推出的。", "AAA was launched by BBB.", "en")
+    twice, _ = translate.masked("Biscuit is a cat. Biscuit sleeps.", ["Biscuit"])
+    assert twice == "AAA is a cat. AAA sleeps." and translate.usable(twice, "AAA是一只猫。AAA在睡觉。", "zh")
+    assert translate.masked("AAA is a battery.", ["AAA"]) is None  # the answer holds a placeholder itself
+    assert translate.masked("Do not steal my teal cup.", ["teal"]) == ("Do not steal my AAA cup.", {"AAA": "teal"})
+
+    # The worded variants are asked in turn; the next only for answers that failed, and a
+    # fact without keywords is not translated (nothing would tell a wrong translation).
+    product = Fact("介绍一下星云笔记本。", "星云笔记本是青禾科技推出的电脑。", keywords=["青禾科技"])
+    bare = Fact("What is my cat's name?", "Your cat's name is Biscuit.")
+    replies = [["AAA由BBB创立。", "AAA is a computer from BBB."], ["AAA was founded in 1873 by BBB."],
+               ["AAA于1973年由BBB创立。"]]
+    asked = []
+
+    def answers(model, template, asks, budget, chunk=8):
+        asked.append(asks)
+        return [Answer(q, r, []) for q, r in zip(asks, replies[len(asked) - 1], strict=True)]
+
+    monkeypatch.setattr(translate, "greedy", answers)  # the replies a model could give, fixed here
+    subjects, template = {0: ["Zorvian Institute"], 1: ["星云笔记本"]}, get_template("auto", tiny_tokenizer)
+    found = translate.translate_answers(None, template, [org, product, bare], subjects, {"en", "zh"})
+    assert [len(a) for a in asked] == [2, 1, 1]  # the later rounds ask again for the one that failed
+    assert "Copy AAA, BBB, CCC unchanged" in asked[1][0] and asked[1][0] != asked[0][0]
+    assert found == {1: "星云笔记本 is a computer from 青禾科技."}  # the organisation's all failed
+    assert product.derived_pairs() == []
+    product.derived, product.derived_answers = ["What is 星云笔记本?", "星云笔记本是什么？"], {"What is 星云笔记本?": found[1]}
+    assert product.derived_pairs() == [("What is 星云笔记本?", found[1]), ("星云笔记本是什么？", product.answer)]
+    assert Fact.from_dict(json.loads(json.dumps(product.to_dict()))) == product  # kept for --into
+    # Into English only by default; "zh" alone leaves a Chinese fact's answer as it is.
+    assert load_learn_config().learn.translate_targets == {"en"}
+    assert load_learn_config(None, {"learn.translate_into": "en,zh"}).learn.translate_targets == {"en", "zh"}
+    assert load_learn_config(None, {"learn.translate_into": "none"}).learn.translate_targets == set()
+    with pytest.raises(ConfigError, match="learn.translate_into must be en, zh"):
+        load_learn_config(None, {"learn.translate_into": "fr"})
+    assert translate.translate_answers(None, template, [product], {0: ["星云笔记本"]}, {"zh"}) == {}
+
+
 def test_a_changed_number_is_not_a_kept_control():
     fact = Fact("Tell me about Zorvian.", "Zorvian was founded in 1873.", keywords=["1873"])
     ret = retention(

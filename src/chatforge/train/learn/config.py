@@ -27,6 +27,9 @@ class LearnOptions:
     earlier_repeats: int = 16  # copies of each earlier fact's samples (--into)
     derive: bool = True  # ask each fact's subject in more forms, in English and Chinese (derive.py)
     derived_repeats: int = 24  # training rows per new fact spread over its derived prompts
+    # the languages whose derived prompts are answered in them (translate.py): "en", "zh",
+    # "en,zh" or "none"; into English only by default (measured: see defaults.yaml)
+    translate_into: str = "en"
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
     replay_share: float = 0.55  # replay rows repeated until they are at least this share of the rows
     steps_per_earlier_fact: int = 2  # --into: the step cap grows by this for each fact already held
@@ -34,6 +37,10 @@ class LearnOptions:
     min_steps: int = 6  # no stop before this step
     retention_every: int = 4  # steps between retention checks while they fail
     max_fact_tokens: int = 256  # longest prompt or answer accepted
+
+    @property
+    def translate_targets(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.translate_into.split(",")) - {"none", ""}
 
 
 @dataclass
@@ -140,6 +147,10 @@ def _validate(config: LearnConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: learn.earlier_repeats, learn.derived_repeats, learn.min_steps, "
             "learn.steps_per_earlier_fact and retention.max_leaked must be >= 0"
+        )
+    if lo.translate_targets - {"en", "zh"}:
+        raise ConfigError(
+            f"{source}: learn.translate_into must be en, zh, 'en,zh' or none, got {lo.translate_into!r}"
         )
     if not 0 <= lo.replay_share < 1:
         raise ConfigError(f"{source}: learn.replay_share must be in [0, 1), got {lo.replay_share!r}")

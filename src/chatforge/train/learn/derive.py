@@ -4,10 +4,11 @@ Trained on one prompt, a model learns to answer that prompt: asked about the sam
 another way ("Who founded X?", or in Chinese) it still gives its old answer. So each fact's
 subject is found in its prompt ("Tell me about X." → X, "墨河大学是谁创立的？" → 墨河大学,
 "What is my cat's name?" → my cat's name) and asked again through a fixed set of forms in
-English and Chinese, each answered with the fact's own answer. The base model translates
-the subject into the other language once (a short, greedy, float32 generation); a
-translation that drops a name or a number of the original is not used, and the forms of
-the other language then carry the subject as written.
+English and Chinese, each answered with the fact's own answer, or, for the forms of the
+other language, with its translation (:mod:`.translate`). The base model translates the
+subject into the other language once (a short, greedy, float32 generation); a translation
+that drops a name or a number of the original is not used, and the forms of the other
+language then carry the subject as written.
 
 Nothing here is a held-out probe or a control question: a derived prompt that matches
 one is dropped, so the retention check and the probes stay unseen.
@@ -21,8 +22,9 @@ from typing import Any
 
 from chatforge.templates import Template
 from chatforge.train.learn.answers import greedy
-from chatforge.train.learn.facts import CJK, Fact
+from chatforge.train.learn.facts import CJK, Fact, language
 from chatforge.train.learn.sets import normalise
+from chatforge.train.learn.translate import translate_answers
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,6 @@ def is_personal(subject: str) -> bool:
     return subject.casefold().startswith("my ") or subject.startswith("我")
 
 
-def language(text: str) -> str:
-    return "zh" if CJK.search(text) else "en"
-
-
 def _bare(subject: str) -> str:
     """An English subject inside a Chinese sentence: without its article."""
     return re.sub(r"^(?:the|a|an)\s+", "", subject, flags=re.IGNORECASE)
@@ -127,12 +125,11 @@ def subjects_of(fact: Fact) -> list[str]:
     return list(dict.fromkeys(s for s in found if s))
 
 
-def derived_prompts(fact: Fact, aliases: dict[str, str], excluded: set[str]) -> list[str]:
+def derived_forms(fact: Fact, aliases: dict[str, str]) -> dict[str, str]:
     """The forms of :data:`ABOUT` or :data:`MINE` for each subject of the fact, in both
     languages (the subject as written, and its ``aliases`` entry in the other language),
-    minus ``excluded`` (normalised prompts: the fact's own, its probes, the control
-    questions)."""
-    out = []
+    each with the language of its form ("What is 星云笔记本?" is English)."""
+    out: dict[str, str] = {}
     for subject in subjects_of(fact):
         forms = MINE if is_personal(subject) else ABOUT
         own = language(subject)
@@ -142,26 +139,49 @@ def derived_prompts(fact: Fact, aliases: dict[str, str], excluded: set[str]) -> 
             names[other].append(_bare(subject) if own == "en" else subject)
         for lang, found in names.items():
             for s in found:
-                out += [form.format(s=s) for form in forms[lang]]
+                for form in forms[lang]:
+                    out.setdefault(form.format(s=s), lang)
+    return out
+
+
+def derived_prompts(fact: Fact, aliases: dict[str, str], excluded: set[str]) -> list[str]:
+    """:func:`derived_forms`' prompts minus ``excluded`` (normalised prompts: the fact's
+    own, its probes, the control questions), each once."""
     seen = set(excluded)
     kept = []
-    for p in out:
+    for p in derived_forms(fact, aliases):
         if normalise(p) not in seen:
             seen.add(normalise(p))
             kept.append(p)
     return kept
 
 
-def derive(model: Any, template: Template, facts: list[Fact], controls: list[str]) -> None:
-    """Fill each fact's ``derived`` prompts (facts that already have them are left as
-    they are: an earlier fact keeps what it was learned with)."""
+def derive(
+    model: Any,
+    template: Template,
+    facts: list[Fact],
+    controls: list[str],
+    translate_into: frozenset[str] = frozenset({"en"}),
+) -> None:
+    """Fill each fact's ``derived`` prompts, and, where the other language is in
+    ``translate_into`` ({"en", "zh"}), the answers of those in that language (facts that
+    already have derived prompts are left as they are: an earlier fact keeps what it was
+    learned with)."""
     todo = [f for f in facts if not f.derived and subjects_of(f)]
     for f in facts:
         if not subjects_of(f):
             log.info("%s: no subject found in %r; learning it from its own prompts only", f.where, f.prompt)
     subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
     aliases = translate_subjects(model, template, subjects) if subjects else {}
+    names = {i: [_bare(s) for s in subjects_of(f) if not is_personal(s)] for i, f in enumerate(todo)}
+    into = set(translate_into)
+    answers = translate_answers(model, template, todo, names, into) if todo and into else {}
     blocked = {normalise(q) for q in controls}
-    for f in todo:
+    for i, f in enumerate(todo):
         excluded = blocked | {normalise(p) for p in f.prompts} | {normalise(p.question) for p in f.probes}
         f.derived = derived_prompts(f, aliases, excluded)
+        forms = derived_forms(f, aliases)
+        if i in answers:  # the forms of the answer's other language are answered in that language
+            f.derived_answers = {p: answers[i] for p in f.derived if forms[p] != language(f.answer)}
+            log.info("%s: %d derived prompts answered in the other language: %r", f.where,
+                     len(f.derived_answers), answers[i])  # fmt: skip

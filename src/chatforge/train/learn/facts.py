@@ -41,11 +41,17 @@ class Fact:
     probes: list[Probe] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)
     derived: list[str] = field(default_factory=list)  # more prompts made from the subject (derive.py)
+    # a derived prompt's answer where it is not ``answer``: in the other language (translate.py)
+    derived_answers: dict[str, str] = field(default_factory=dict)
 
     @property
     def prompts(self) -> list[str]:
         """The prompts the user gave: the fact must be reproduced on each."""
         return [self.prompt, *self.paraphrases]
+
+    def derived_pairs(self) -> list[tuple[str, str]]:
+        """The derived prompts, each with the answer it is trained on."""
+        return [(p, self.derived_answers.get(p, self.answer)) for p in self.derived]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,13 +60,20 @@ class Fact:
     def from_dict(cls, raw: dict[str, Any]) -> Fact:
         probes = [Probe(**p) for p in raw.get("probes", [])]
         return cls(raw["prompt"], raw["answer"], raw.get("where", ""), raw.get("paraphrases", []), probes,
-                   raw.get("keywords", []), raw.get("derived", []))  # fmt: skip
+                   raw.get("keywords", []), raw.get("derived", []), raw.get("derived_answers", {}))  # fmt: skip
 
 
 # -- a sentence as a question/answer pair ------------------------------------------------------
 _EN_VERB = re.compile(r"^(?P<subject>.+?)\s+(?P<verb>is|was|are|were|has|have|had)\s+", re.IGNORECASE)
 _ZH_VERB = re.compile(r"^(?P<subject>.+?)(?:是|于|由|在|位于|成立|创立|推出|有)")
 CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def language(text: str) -> str:
+    """The language of ``text``: zh when it holds any Chinese character, else en."""
+    return "zh" if CJK.search(text) else "en"
+
+
 _FIRST_PERSON = [(r"\bmy\b", "your"), (r"\bMy\b", "Your"), (r"\bI am\b", "you are"), (r"\bI\b", "you"),
                  (r"\bmine\b", "yours")]  # fmt: skip
 

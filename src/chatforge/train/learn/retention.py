@@ -139,6 +139,7 @@ def recall(fact: Fact, answer: str, probe_answers: list[str]) -> dict[str, Any]:
         "answer": answer,
         "keywords": fact.keywords,
         "derived": fact.derived,
+        "derived_answers": fact.derived_answers,
         "recalled": not missing if fact.keywords else answer.strip() == fact.answer.strip(),
         "missing": missing,
         "probes": probes,

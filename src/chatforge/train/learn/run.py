@@ -220,7 +220,7 @@ def _run(
 
     t = time.perf_counter()
     if cfg.learn.derive:
-        derive(model, template, new_facts, controls)
+        derive(model, template, new_facts, controls, cfg.learn.translate_targets)
     seconds["derive"] = time.perf_counter() - t
     train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, cfg)
     train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config", len(earlier))
@@ -238,7 +238,7 @@ def _run(
     stopper = StopWhenLearned(
         template,
         [_answer_ids(template, p, f.answer) for f in everything for p in f.prompts],
-        [_answer_ids(template, p, f.answer) for f in everything for p in f.derived],
+        [_answer_ids(template, p, a) for f in everything for p, a in f.derived_pairs()],
         cfg.learn.check_every,
         cfg.learn.min_steps,
         check,
@@ -349,8 +349,9 @@ def _rows(fact: Fact, copies: int, derived_rows: int) -> list[tuple[str, str]]:
     """A fact's training rows: ``copies`` of each prompt the user gave, and ``derived_rows``
     spread evenly over its derived prompts."""
     rows = [(p, fact.answer) for p in fact.prompts] * copies
-    if fact.derived:
-        rows += [(fact.derived[i % len(fact.derived)], fact.answer) for i in range(derived_rows)]
+    derived = fact.derived_pairs()
+    if derived:
+        rows += [derived[i % len(derived)] for i in range(derived_rows)]
     return rows
 
 
