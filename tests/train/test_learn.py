@@ -313,7 +313,7 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
 
     monkeypatch.setattr(translate, "greedy", answers)  # the replies a model could give, fixed here
     subjects, template = {0: ["Zorvian Institute"], 1: ["星云笔记本"]}, get_template("auto", tiny_tokenizer)
-    found = translate.translate_answers(None, template, [org, product, bare], subjects, {"en", "zh"})
+    found = translate.translate_answers(None, template, [org, product, bare], subjects, frozenset({"en", "zh"}))
     assert [len(a) for a in asked] == [2, 1, 1]  # the later rounds ask again for the one that failed
     assert "Copy AAA, BBB, CCC unchanged" in asked[1][0] and asked[1][0] != asked[0][0]
     assert found == {1: "星云笔记本 is a computer from 青禾科技."}  # the organisation's all failed
@@ -327,7 +327,7 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
     assert load_learn_config(None, {"learn.translate_into": "none"}).learn.translate_targets == set()
     with pytest.raises(ConfigError, match="learn.translate_into must be en, zh"):
         load_learn_config(None, {"learn.translate_into": "fr"})
-    assert translate.translate_answers(None, template, [product], {0: ["星云笔记本"]}, {"zh"}) == {}
+    assert translate.translate_answers(None, template, [product], {0: ["星云笔记本"]}, frozenset({"zh"})) == {}
 
 
 def test_a_changed_number_is_not_a_kept_control():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from chatforge.templates import Template
@@ -147,9 +148,13 @@ def derived_forms(fact: Fact, aliases: dict[str, str]) -> dict[str, str]:
 def derived_prompts(fact: Fact, aliases: dict[str, str], excluded: set[str]) -> list[str]:
     """:func:`derived_forms`' prompts minus ``excluded`` (normalised prompts: the fact's
     own, its probes, the control questions), each once."""
+    return _unseen(derived_forms(fact, aliases), excluded)
+
+
+def _unseen(prompts: Iterable[str], excluded: set[str]) -> list[str]:
     seen = set(excluded)
     kept = []
-    for p in derived_forms(fact, aliases):
+    for p in prompts:
         if normalise(p) not in seen:
             seen.add(normalise(p))
             kept.append(p)
@@ -174,13 +179,12 @@ def derive(
     subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
     aliases = translate_subjects(model, template, subjects) if subjects else {}
     names = {i: [_bare(s) for s in subjects_of(f) if not is_personal(s)] for i, f in enumerate(todo)}
-    into = set(translate_into)
-    answers = translate_answers(model, template, todo, names, into) if todo and into else {}
+    answers = translate_answers(model, template, todo, names, translate_into) if todo and translate_into else {}
     blocked = {normalise(q) for q in controls}
     for i, f in enumerate(todo):
         excluded = blocked | {normalise(p) for p in f.prompts} | {normalise(p.question) for p in f.probes}
-        f.derived = derived_prompts(f, aliases, excluded)
         forms = derived_forms(f, aliases)
+        f.derived = _unseen(forms, excluded)
         if i in answers:  # the forms of the answer's other language are answered in that language
             f.derived_answers = {p: answers[i] for p in f.derived if forms[p] != language(f.answer)}
             log.info("%s: %d derived prompts answered in the other language: %r", f.where,

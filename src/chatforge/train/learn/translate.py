@@ -11,8 +11,7 @@ back ("The Zorvian Institute of Cartography was founded in 1873 by Elena Marsh �
 The default 0.5B model translates names badly (asked plainly it turns "the Zorvian
 Institute of Cartography" into 中国科学院地理信息系统) and drops a placeholder or a
 number now and then, so each answer is asked in a few worded variants, and the first
-translation that keeps every placeholder once, every number, and the other script is
-used. When none does, the derived prompts keep the fact's own answer.
+translation that keeps every placeholder, every number, and the other script is used. When none does, the derived prompts keep the fact's own answer.
 
 ``learn.translate_into`` names the target languages; only English by default: measured
 on the default model, Chinese answers for an English fact cost a Chinese control
@@ -78,9 +77,9 @@ def masked(answer: str, names: list[str]) -> tuple[str, dict[str, str]] | None:
 
 
 def usable(source: str, translation: str, target: str) -> bool:
-    """A translation that keeps each placeholder as often as the source has it, and its numbers, and
-    is in the ``target`` script (Chinese: it holds Chinese and no English word but the
-    placeholders; English: no Chinese is left)."""
+    """A translation that keeps each placeholder as often as the source has it and the
+    source's numbers, and is in the ``target`` script (Chinese: it holds Chinese and no
+    English word but the placeholders; English: no Chinese is left)."""
     t = translation.strip()
     if not t or "\n" in t or t == source.strip() or len(t) > 3 * len(source) + 20:
         return False
@@ -109,13 +108,13 @@ class _Job:
 
 
 def translate_answers(
-    model: Any, template: Template, facts: list[Fact], subjects: dict[int, list[str]], into: set[str]
+    model: Any, template: Template, facts: list[Fact], subjects: dict[int, list[str]], into: frozenset[str]
 ) -> dict[int, str]:
     """Each fact's answer in the other language (by index in ``facts``) where that is one of
     ``into``, its keywords and ``subjects[i]`` (what fact i is about) held fixed. A fact
     without keywords is left out (nothing would tell a right translation from a wrong
-    one), and so is one whose translations all fail :func:`usable`. The worded variants are asked in turn, the next
-    one only for the answers that failed."""
+    one), and so is one whose translations all fail :func:`usable`. The worded variants
+    are asked in turn, the next one only for the answers that failed."""
     jobs: dict[int, _Job] = {}
     for i, fact in enumerate(facts):
         target = "en" if language(fact.answer) == "zh" else "zh"
