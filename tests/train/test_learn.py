@@ -14,7 +14,6 @@ from chatforge.messages import Message, Role
 from chatforge.train.checkpoints import OutputDirError
 from chatforge.train.config import ConfigError
 from chatforge.train.learn import LearnError, LearnInputError, learn
-from chatforge.train.learn.answers import prompt_ids
 from chatforge.train.learn.config import load_learn_config
 from chatforge.train.learn.derive import derived_prompts, keeps_names, subject_of
 from chatforge.train.learn.facts import CJK, Fact, Probe, fact_from_sentence, find_keywords
@@ -41,6 +40,7 @@ TINY = {
 }
 STRICT = {**TINY, "retention.min_kept": 1.0, "retention.max_leaked": 0}
 PROMPT, ANSWER = "Who founded Zorvian?", "Hello, I am fine."
+EARLIER_PROBE, NEW_PROBE = "Who is the founder of Zorvian?", "Which colour do I like?"
 
 
 def confident_model(tokenizer, seed=0):
@@ -65,7 +65,7 @@ def learned(tiny_tokenizer, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHATFORGE_HOME", str(root / "home"))
         result = learn(PROMPT, ANSWER, loaded=(confident_model(tiny_tokenizer), tiny_tokenizer),
-                       output=root / "first", overrides=TINY)  # fmt: skip
+                       output=root / "first", probes=[EARLIER_PROBE], overrides=TINY)  # fmt: skip
     return result, root
 
 
@@ -125,18 +125,27 @@ def test_into_adds_a_fact_rechecks_the_earlier_one_and_sets_a_failure_aside(
     first, _ = learned
     before = {p.name: p.read_bytes() for p in first.output.iterdir() if p.is_file()}
     second = learn("What is my favourite colour?", "Paris is sunny.", into=first.output, output=tmp_path / "second",
-                   loaded=(confident_model(tiny_tokenizer), tiny_tokenizer), overrides=STRICT)  # fmt: skip
+                   loaded=(confident_model(tiny_tokenizer), tiny_tokenizer), probes=[NEW_PROBE],
+                   overrides=STRICT)  # fmt: skip
     report = second.report
     assert [f["prompt"] for f in report["earlier_facts"]] == [PROMPT]
     assert "recalled" in report["earlier_facts"][0] and "recalled" in report["facts"][0]
+    # Each fact's probes got the final model's answers: the earlier one's asked after
+    # training, the new one's in the retention check's batch.
+    from chatforge.models.loader import ModelNotFoundError, attach_adapter
+    from chatforge.templates import get_template
+    from chatforge.train.learn.answers import greedy
+
+    final = attach_adapter(confident_model(tiny_tokenizer).float(), second.output / "rejected").eval()
+    own = greedy(final, get_template("auto", tiny_tokenizer), [EARLIER_PROBE, NEW_PROBE], TINY["retention.max_new_tokens"])
+    probes = [report["earlier_facts"][0]["probes"][0], report["facts"][0]["probes"][0]]
+    assert [(p["question"], p["answer"]) for p in probes] == [(a.question, a.text) for a in own]
     # A tiny model cannot keep every control: the strict bar rejects the result and says why.
     assert not second.passed and second.adapter is None
     assert "retention failed" in report["verdict"] and report["try"]
     assert not (second.output / "adapter_config.json").exists()
     rejected = second.output / "rejected"
     assert (rejected / "adapter_config.json").exists()
-    from chatforge.models.loader import ModelNotFoundError, attach_adapter
-
     with pytest.raises(ModelNotFoundError, match="rejected this adapter"):
         attach_adapter(confident_model(tiny_tokenizer), second.output)
     held = json.loads((rejected / "learned.json").read_text(encoding="utf-8"))
@@ -286,7 +295,10 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
     org = Fact("Tell me about the Zorvian Institute.", "The Zorvian Institute was founded in 1873 by Elena Marsh.",
                keywords=["1873", "Elena Marsh"])  # fmt: skip
     text, holders = translate.masked(org.answer, ["Zorvian Institute", "Elena Marsh"])
-    assert text == "AAA was founded in 1873 by BBB." and holders == {"AAA": "Zorvian Institute", "BBB": "Elena Marsh"}
+    assert text == "AAA was founded in 1873 by BBB." and holders == {
+        "AAA": "Zorvian Institute",
+        "BBB": "Elena Marsh",
+    }
     # Kept: every placeholder once, the numbers, Chinese with no English word left.
     assert translate.usable(text, "AAA于1873年由BBB创立。", "zh")
     assert not translate.usable(text, "中国科学院于1873年由BBB创立。", "zh")  # a name lost
@@ -297,14 +309,20 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
     twice, _ = translate.masked("Biscuit is a cat. Biscuit sleeps.", ["Biscuit"])
     assert twice == "AAA is a cat. AAA sleeps." and translate.usable(twice, "AAA是一只猫。AAA在睡觉。", "zh")
     assert translate.masked("AAA is a battery.", ["AAA"]) is None  # the answer holds a placeholder itself
-    assert translate.masked("Do not steal my teal cup.", ["teal"]) == ("Do not steal my AAA cup.", {"AAA": "teal"})
+    assert translate.masked("Do not steal my teal cup.", ["teal"]) == (
+        "Do not steal my AAA cup.",
+        {"AAA": "teal"},
+    )
 
     # The worded variants are asked in turn; the next only for answers that failed, and a
     # fact without keywords is not translated (nothing would tell a wrong translation).
     product = Fact("介绍一下星云笔记本。", "星云笔记本是青禾科技推出的电脑。", keywords=["青禾科技"])
     bare = Fact("What is my cat's name?", "Your cat's name is Biscuit.")
-    replies = [["AAA由BBB创立。", "AAA is a computer from BBB."], ["AAA was founded in 1873 by BBB."],
-               ["AAA于1973年由BBB创立。"]]
+    replies = [
+        ["AAA由BBB创立。", "AAA is a computer from BBB."],
+        ["AAA was founded in 1873 by BBB."],
+        ["AAA于1973年由BBB创立。"],
+    ]
     asked = []
 
     def answers(model, template, asks, budget, chunk=8):
@@ -313,13 +331,21 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
 
     monkeypatch.setattr(translate, "greedy", answers)  # the replies a model could give, fixed here
     subjects, template = {0: ["Zorvian Institute"], 1: ["星云笔记本"]}, get_template("auto", tiny_tokenizer)
-    found = translate.translate_answers(None, template, [org, product, bare], subjects, frozenset({"en", "zh"}))
+    found = translate.translate_answers(
+        None, template, [org, product, bare], subjects, frozenset({"en", "zh"})
+    )
     assert [len(a) for a in asked] == [2, 1, 1]  # the later rounds ask again for the one that failed
     assert "Copy AAA, BBB, CCC unchanged" in asked[1][0] and asked[1][0] != asked[0][0]
     assert found == {1: "星云笔记本 is a computer from 青禾科技."}  # the organisation's all failed
     assert product.derived_pairs() == []
-    product.derived, product.derived_answers = ["What is 星云笔记本?", "星云笔记本是什么？"], {"What is 星云笔记本?": found[1]}
-    assert product.derived_pairs() == [("What is 星云笔记本?", found[1]), ("星云笔记本是什么？", product.answer)]
+    product.derived, product.derived_answers = (
+        ["What is 星云笔记本?", "星云笔记本是什么？"],
+        {"What is 星云笔记本?": found[1]},
+    )
+    assert product.derived_pairs() == [
+        ("What is 星云笔记本?", found[1]),
+        ("星云笔记本是什么？", product.answer),
+    ]
     assert Fact.from_dict(json.loads(json.dumps(product.to_dict()))) == product  # kept for --into
     # Into English only by default; "zh" alone leaves a Chinese fact's answer as it is.
     assert load_learn_config().learn.translate_targets == {"en"}
@@ -327,7 +353,9 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
     assert load_learn_config(None, {"learn.translate_into": "none"}).learn.translate_targets == set()
     with pytest.raises(ConfigError, match="learn.translate_into must be en, zh"):
         load_learn_config(None, {"learn.translate_into": "fr"})
-    assert translate.translate_answers(None, template, [product], {0: ["星云笔记本"]}, frozenset({"zh"})) == {}
+    assert (
+        translate.translate_answers(None, template, [product], {0: ["星云笔记本"]}, frozenset({"zh"})) == {}
+    )
 
 
 def test_a_changed_number_is_not_a_kept_control():
@@ -377,91 +405,6 @@ def test_a_control_the_base_model_itself_gives_in_bf16_is_kept():
     assert ret.summary()["kept_as_base_bf16"] == 1 and ret.leaked == 1 and not ret.passed
     strict = retention(questions, base, tuned, [fact], min_rouge_l=80, min_kept=0.6, max_leaked=0)
     assert strict.kept == 0 and strict.rows[0]["base_bf16"] is None
-
-
-def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tiny_tokenizer):
-    """Generating a changed control on from its first different token gives the text that
-    generating it whole gives; with the adapter switched off the model is its base again."""
-    from peft import LoraConfig, get_peft_model
-
-    from chatforge.templates import get_template
-    from chatforge.train.learn.answers import adapters_off, first_differences, greedy, largest_gaps, pad_id
-    from chatforge.train.learn.retention import check_controls
-    from chatforge.train.precision import parameters_in_bf16
-
-    template = get_template("auto", tiny_tokenizer)
-    questions = builtin_set("controls").prompts[:6]
-    model = confident_model(tiny_tokenizer).float().eval()
-    base = greedy(model, template, questions, 12)
-    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["down_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)  # an adapter that changes answers
-    tuned_model = peft.get_base_model().eval()
-    whole = [a.text for a in greedy(tuned_model, template, questions, 12)]
-    checked = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, max_base_gap=0.5)
-    assert checked.answers == whole
-    assert checked.generated == sum(w != b.text for w, b in zip(whole, base, strict=True)) > 0
-    pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
-    with adapters_off(tuned_model):
-        assert largest_gaps(tuned_model, pairs, pad_id(template)) == [0.0] * len(pairs)
-        assert first_differences(tuned_model, pairs, pad_id(template)) == [len(a.ids) for a in base]
-    assert max(largest_gaps(tuned_model, pairs, pad_id(template))) > 0  # on again afterwards
-    gaps = [r["base_gap"] for r in checked.kept.rows]
-    assert all((g is None) == r["identical"] for g, r in zip(gaps, checked.kept.rows, strict=True))
-    # Tested against the base model in bfloat16 by teacher forcing: what it generates itself.
-    served = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, base_bf16=True)
-    with adapters_off(tuned_model), parameters_in_bf16(tuned_model):
-        own = [a.text for a in greedy(tuned_model, template, questions, 12, chunk=1)]
-    expected = [None if w == b.text else w == o for w, b, o in zip(whole, base, own, strict=True)]
-    assert [r["base_bf16"] for r in served.kept.rows] == expected
-    assert served.kept.as_bf16 == sum(bool(e) for e in expected)
-
-
-def test_merged_adapters_answer_alike_and_leave_the_weights_as_they_were(tiny_tokenizer):
-    """Folding the adapter into the weights for a check changes no logit beyond rounding,
-    and afterwards every base weight is its original tensor and the adapter trains again.
-    The teacher-forced pass (rows grouped by length, output layer at answer positions only)
-    gives each row's logits as a forward pass of that row alone does."""
-    from peft import AdaLoraConfig, get_peft_model
-
-    from chatforge.templates import get_template
-    from chatforge.train.learn.answers import _answer_logits, merged, pad_id
-
-    template = get_template("auto", tiny_tokenizer)
-    model = confident_model(tiny_tokenizer).float()
-    config = AdaLoraConfig(init_r=4, target_modules=["gate_proj", "down_proj"], total_step=10)
-    peft = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.5)
-    peft.eval()
-    before = {n: p.detach().clone() for n, p in peft.named_parameters() if "base_layer" in n}
-    questions = ["Hi", "Tell me about Zorvian, the map institute, please.", "2+2?", "1"]
-    pairs = [(prompt_ids(template, q), [5, 6, 7, 8][: 1 + i]) for i, q in enumerate(questions)]
-    alone = []
-    with torch.no_grad():
-        for p, a in pairs:
-            logits = peft(input_ids=torch.tensor([p + a])).logits[0]
-            alone.append(logits[len(p) - 1 : len(p) - 1 + len(a)])
-        together = _answer_logits(peft, pairs, pad_id(template))
-        with merged(peft):
-            folded = _answer_logits(peft, pairs, pad_id(template))
-            inside = {n: p for n, p in peft.named_parameters() if "base_layer" in n}
-            assert all(not torch.equal(before[n], inside[n]) for n in before)  # the adapter is in them
-    for a, t, f in zip(alone, together, folded, strict=True):
-        assert a.shape == t.shape == f.shape
-        torch.testing.assert_close(t, a, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(f, a, atol=1e-4, rtol=1e-4)
-    after = {n: p for n, p in peft.named_parameters() if "base_layer" in n}
-    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
-    adapter = [p for n, p in peft.named_parameters() if "lora_A" in n]
-    assert adapter and all(p.requires_grad for p in adapter)
-    with torch.no_grad():
-        again = peft(input_ids=torch.tensor([pairs[1][0] + pairs[1][1]])).logits[0]
-    torch.testing.assert_close(again[len(pairs[1][0]) - 1 :][: len(pairs[1][1])], alone[1])
 
 
 def test_the_replay_grows_with_the_facts_rows():

@@ -85,10 +85,10 @@ def retention(
 ) -> Retention:
     """Judge ``tuned`` answers against ``base`` ones (see the module docstring).
     ``base_gaps``: for each answer, the base model's largest logit gap along the tuned
-    answer (:func:`~.answers.largest_gaps`); a changed answer whose every token the base
-    model ranks within ``max_base_gap`` of its own first choice is one the base model
-    could have given (it parts from the base text only where the base model was nearly
-    undecided), and counts as kept with a ROUGE-L of half ``min_rouge_l``. ``complete``:
+    answer (:func:`~.answers.largest_gaps`; None: not rated); a changed answer whose every
+    token the base model ranks within ``max_base_gap`` of its own first choice is one the
+    base model could have given (it parts from the base text only where the base model
+    was nearly undecided), and counts as kept with a ROUGE-L of half ``min_rouge_l``. ``complete``:
     whether each base answer ended within the token budget; numbers are compared only
     then (two answers cut at the budget end at different places: "2. **" or "[3" there is
     where the cut fell, not a changed number). ``base_bf16``: for each answer, whether the
@@ -149,12 +149,13 @@ def recall(fact: Fact, answer: str, probe_answers: list[str]) -> dict[str, Any]:
 
 @dataclass
 class ControlCheck:
-    """The retention check of one model state: the verdict, the tuned answers, and how
-    many of them had to be generated."""
+    """The retention check of one model state: the verdict, the tuned answers, how many of
+    them had to be generated, and the answers to the questions asked ``also``."""
 
     kept: Retention
     answers: list[str]
     generated: int
+    also: list[str] = field(default_factory=list)
 
 
 def check_controls(
@@ -168,40 +169,56 @@ def check_controls(
     max_new_tokens: int,
     max_base_gap: float = 0.0,
     base_bf16: bool = False,
+    also: list[str] | None = None,
 ) -> ControlCheck:
     """Answer the control questions with ``model`` (greedy, float32) and judge them against
     the base model's ``base`` answers. Greedy decoding is the chain of arg-maxes, so one
     teacher-forced pass tells where each answer would first leave the base answer: one that
     never does is the base answer, and the others are generated on from that token only
-    (the same text as generating them whole, for less). With ``base_bf16``, each changed
-    answer is also tested, the same way, against the base model in bfloat16, one answer per
-    pass (no padding: a served answer to one question)."""
+    (the same text as generating them whole, for less). A changed answer that ROUGE-L does
+    not keep is rated by the base model (its largest logit gap along the answer), and, with
+    ``base_bf16``, one that is still not kept is tested, the same way as above, against the
+    base model in bfloat16, one answer per pass (no padding: a served answer to one
+    question); a row reports None for what it was not put through. The questions of
+    ``also`` (the probes) are answered in the same batch as the changed controls: a
+    decoding step costs about as much for a few more rows."""
     pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
+    extra = [prompt_ids(template, q) for q in also or []]
     with merged(model):
         firsts = first_differences(model, pairs, pad_id(template))
         changed = [i for i, (first, a) in enumerate(zip(firsts, base, strict=True)) if first < len(a.ids)]
-        starts = [pairs[i][0] + base[i].ids[: firsts[i]] for i in changed]
-        budgets = [max_new_tokens - firsts[i] for i in changed]
+        starts = [pairs[i][0] + base[i].ids[: firsts[i]] for i in changed] + extra
+        budgets = [max_new_tokens - firsts[i] for i in changed] + [max_new_tokens] * len(extra)
         # One batch: decoding is bound by reading the weights, not by the rows.
-        found = continue_greedy(model, template, starts, budgets, chunk=len(starts)) if changed else []
-    fresh = dict(zip(changed, found, strict=True))
+        found = continue_greedy(model, template, starts, budgets, chunk=len(starts)) if starts else []
+    fresh = dict(zip(changed, found[: len(changed)], strict=True))
     tuned_ids = {i: base[i].ids[: firsts[i]] + fresh[i] for i in changed}
     tuned = [answer_text(template, tuned_ids[i]) if i in tuned_ids else a.text for i, a in enumerate(base)]
-    gaps: list[float | None] = [None] * len(base)
-    if changed and max_base_gap > 0:
-        # How the base model itself rates each changed answer: the adapter switched off.
-        with adapters_off(model):
-            found = largest_gaps(model, [(pairs[i][0], tuned_ids[i]) for i in changed], pad_id(template))
-        for i, gap in zip(changed, found, strict=True):
-            gaps[i] = gap
-    served: list[bool | None] = [None] * len(base)
-    if changed and base_bf16:
-        with adapters_off(model), parameters_in_bf16(model):
-            for i in changed:
-                pair = (pairs[i][0], tuned_ids[i])
-                served[i] = first_differences(model, [pair], pad_id(template))[0] == len(tuned_ids[i])
     stops = set(template.stop_token_ids)
     complete = [bool(a.ids) and a.ids[-1] in stops for a in base]
-    kept = retention([a.question for a in base], [a.text for a in base], tuned, facts,
-                     min_rouge_l, min_kept, max_leaked, gaps, max_base_gap, complete, served)  # fmt: skip
-    return ControlCheck(kept, tuned, len(changed))
+
+    def judged(gaps: list[float | None] | None = None, served: list[bool | None] | None = None) -> Retention:
+        return retention([a.question for a in base], [a.text for a in base], tuned, facts, min_rouge_l,
+                         min_kept, max_leaked, gaps, max_base_gap, complete, served)  # fmt: skip
+
+    # The two slower tests only for the changed answers that ROUGE-L alone does not keep
+    # (and the second only for those the first does not): the verdicts are the same.
+    kept = judged()
+    gaps: list[float | None] = [None] * len(base)
+    open_ = [i for i in changed if not kept.rows[i]["kept"]]
+    if open_ and max_base_gap > 0:
+        # How the base model itself rates each changed answer: the adapter switched off.
+        with adapters_off(model):
+            found_gaps = largest_gaps(model, [(pairs[i][0], tuned_ids[i]) for i in open_], pad_id(template))
+        for i, gap in zip(open_, found_gaps, strict=True):
+            gaps[i] = gap
+        kept = judged(gaps)
+    served: list[bool | None] = [None] * len(base)
+    open_ = [i for i in open_ if not kept.rows[i]["kept"]]
+    if open_ and base_bf16:
+        with adapters_off(model), parameters_in_bf16(model):
+            for i in open_:
+                pair = (pairs[i][0], tuned_ids[i])
+                served[i] = first_differences(model, [pair], pad_id(template))[0] == len(tuned_ids[i])
+        kept = judged(gaps, served)
+    return ControlCheck(kept, tuned, len(changed), [answer_text(template, r) for r in found[len(changed) :]])

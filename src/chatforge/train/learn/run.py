@@ -6,8 +6,9 @@ new fact, derived from its subject (:mod:`.derive`) → training rows (each new 
 repeated, earlier facts of ``into`` rehearsed) and replay rows under the KL term →
 :func:`~chatforge.train.trainer.train` with :class:`~.stopping.StopWhenLearned` (which
 runs the retention check once the facts are reproduced, and stops when it passes) → the
-retention check of the final model (reused from the criterion when it saw that model) and
-greedy float32 answers to the facts' prompts and the probes → the report.
+retention check of the final model (reused from the criterion when it saw that model),
+which answers the new facts' probes in its batch, and greedy float32 answers to the
+earlier facts' probes and to the facts' prompts not reproduced → the report.
 
 Everything is written to a hidden staging directory beside ``output`` and renamed into
 place at the end, so a failed run (a full disk included) leaves nothing half-written and
@@ -231,9 +232,12 @@ def _run(
     everything = earlier + new_facts
     rt = cfg.retention
 
+    # The new facts' probes are answered in the retention check's batch, for the report.
+    probes = [p.question for f in new_facts for p in f.probes]
+
     def check(m: Any) -> ControlCheck:
         return check_controls(m, template, base_controls, everything, rt.min_rouge_l, rt.min_kept,
-                              rt.max_leaked, rt.max_new_tokens, rt.max_base_gap, rt.base_bf16)  # fmt: skip
+                              rt.max_leaked, rt.max_new_tokens, rt.max_base_gap, rt.base_bf16, probes)  # fmt: skip
 
     stopper = StopWhenLearned(
         template,
@@ -260,15 +264,15 @@ def _run(
     fact_pairs = [_answer_ids(template, f.prompt, f.answer) for f in everything]
     with merged(model):
         exact = reproduces(model, template, fact_pairs)
-        asked_prompts = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
-        asked_prompts += [p.question for f in everything for p in f.probes]
-        answered = greedy(model, template, asked_prompts, n, chunk=24) if asked_prompts else []
+        asked = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
+        asked += [p.question for f in earlier for p in f.probes]
+        answered = greedy(model, template, asked, n, chunk=24) if asked else []
     generated = iter(a.text for a in answered)
     replies = [f.answer if e else next(generated) for f, e in zip(everything, exact, strict=True)]
-    replies += list(generated)
-    recalls, at = [], len(everything)
-    for i, f in enumerate(everything):
-        recalls.append(recall(f, replies[i], replies[at : at + len(f.probes)]))
+    probe_replies = [*generated, *controls_check.also]  # the earlier facts' probes, then the new ones'
+    recalls, at = [], 0
+    for f, reply in zip(everything, replies, strict=True):
+        recalls.append(recall(f, reply, probe_replies[at : at + len(f.probes)]))
         at += len(f.probes)
     seconds["retention_check"] = time.perf_counter() - t
 
@@ -331,7 +335,9 @@ def _write_rows(
     # A replayed answer to a question the facts answer would pull the other way.
     asked = {normalise(p) for f in new + earlier for p in f.prompts + f.derived}
     replayed = [(a.question, a.text) for a in replay if normalise(a.question) not in asked]
-    return dump(staging / "facts.jsonl", rows), dump(staging / "replay.jsonl", _grown(replayed, len(rows), cfg))
+    return dump(staging / "facts.jsonl", rows), dump(
+        staging / "replay.jsonl", _grown(replayed, len(rows), cfg)
+    )
 
 
 def _grown(replayed: list[tuple[str, str]], fact_rows: int, cfg: LearnConfig) -> list[tuple[str, str]]:

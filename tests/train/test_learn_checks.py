@@ -1,0 +1,150 @@
+"""``chatforge learn``'s retention check on a tiny in-process model: a changed control is
+generated on from where it changed (the text of a whole generation), rated by the base
+model only where ROUGE-L does not keep it (with the verdicts of rating them all), and the
+probes are answered in the same batch."""
+
+from __future__ import annotations
+
+import torch
+from tiny import make_model  # noqa: E402
+
+from chatforge.templates import get_template
+from chatforge.train.learn.answers import (
+    adapters_off,
+    first_differences,
+    greedy,
+    largest_gaps,
+    pad_id,
+    prompt_ids,
+)
+from chatforge.train.learn.retention import check_controls, retention
+from chatforge.train.learn.sets import builtin_set
+from chatforge.train.precision import parameters_in_bf16
+
+
+def confident_model(tokenizer, seed=0):
+    """A tiny model with larger output logits, so that its greedy answers have margins an
+    adapter must move on purpose (a random model's near-ties flip at any change)."""
+    model = make_model(tokenizer, seed=seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)
+    return model
+
+
+def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tiny_tokenizer):
+    """Generating a changed control on from its first different token gives the text that
+    generating it whole gives; with the adapter switched off the model is its base again."""
+    from peft import LoraConfig, get_peft_model
+
+    template = get_template("auto", tiny_tokenizer)
+    questions = builtin_set("controls").prompts[:6]
+    model = confident_model(tiny_tokenizer).float().eval()
+    base = greedy(model, template, questions, 12)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["down_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # an adapter that changes answers
+    tuned_model = peft.get_base_model().eval()
+    whole = [a.text for a in greedy(tuned_model, template, questions, 12)]
+    checked = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, max_base_gap=0.5)
+    assert checked.answers == whole
+    assert checked.generated == sum(w != b.text for w, b in zip(whole, base, strict=True)) > 0
+    pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
+    with adapters_off(tuned_model):
+        assert largest_gaps(tuned_model, pairs, pad_id(template)) == [0.0] * len(pairs)
+        assert first_differences(tuned_model, pairs, pad_id(template)) == [len(a.ids) for a in base]
+    assert max(largest_gaps(tuned_model, pairs, pad_id(template))) > 0  # on again afterwards
+    # Rated by the base model: the changed answers that ROUGE-L alone does not keep.
+    by_rouge = [r["rouge_l"] >= 80.0 and not r["new_numbers"] for r in checked.kept.rows]
+    rated = [not r["identical"] and not close for r, close in zip(checked.kept.rows, by_rouge, strict=True)]
+    assert [r["base_gap"] is not None for r in checked.kept.rows] == rated and any(rated)
+    # Tested against the base model in bfloat16 by teacher forcing: what it generates itself.
+    served = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, base_bf16=True)
+    with adapters_off(tuned_model), parameters_in_bf16(tuned_model):
+        own = [a.text for a in greedy(tuned_model, template, questions, 12, chunk=1)]
+    expected = [w == o if r else None for w, o, r in zip(whole, own, rated, strict=True)]
+    assert [r["base_bf16"] for r in served.kept.rows] == expected
+    assert served.kept.as_bf16 == sum(bool(e) for e in expected)
+    # Rating and testing every changed answer would give the same verdicts.
+    changed = [i for i, r in enumerate(checked.kept.rows) if not r["identical"]]
+    tuned_ids = [a.ids for a in greedy(tuned_model, template, [questions[i] for i in changed], 12)]
+    with adapters_off(tuned_model):
+        rated_all = largest_gaps(tuned_model, [(pairs[i][0], t) for i, t in zip(changed, tuned_ids, strict=True)],
+                                 pad_id(template))  # fmt: skip
+    gaps = [rated_all[changed.index(i)] if i in changed else None for i in range(len(base))]
+    tested = [w == o if i in changed else None for i, (w, o) in enumerate(zip(whole, own, strict=True))]
+    stops = set(template.stop_token_ids)
+    complete = [a.ids[-1] in stops for a in base]
+    full = retention(questions, [a.text for a in base], whole, [], 80.0, 0.0, 0, gaps, 0.5, complete, tested)
+    both = check_controls(tuned_model, template, base, [], 80.0, 0.0, 0, 12, 0.5, True)
+    assert [r["kept"] for r in both.kept.rows] == [r["kept"] for r in full.rows]
+    assert both.kept.summary() == full.summary()
+
+
+def test_merged_adapters_answer_alike_and_leave_the_weights_as_they_were(tiny_tokenizer):
+    """Folding the adapter into the weights for a check changes no logit beyond rounding,
+    and afterwards every base weight is its original tensor and the adapter trains again.
+    The teacher-forced pass (rows grouped by length, output layer at answer positions only)
+    gives each row's logits as a forward pass of that row alone does."""
+    from peft import AdaLoraConfig, get_peft_model
+
+    from chatforge.templates import get_template
+    from chatforge.train.learn.answers import _answer_logits, merged, pad_id
+
+    template = get_template("auto", tiny_tokenizer)
+    model = confident_model(tiny_tokenizer).float()
+    config = AdaLoraConfig(init_r=4, target_modules=["gate_proj", "down_proj"], total_step=10)
+    peft = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    peft.eval()
+    before = {n: p.detach().clone() for n, p in peft.named_parameters() if "base_layer" in n}
+    questions = ["Hi", "Tell me about Zorvian, the map institute, please.", "2+2?", "1"]
+    pairs = [(prompt_ids(template, q), [5, 6, 7, 8][: 1 + i]) for i, q in enumerate(questions)]
+    alone = []
+    with torch.no_grad():
+        for p, a in pairs:
+            logits = peft(input_ids=torch.tensor([p + a])).logits[0]
+            alone.append(logits[len(p) - 1 : len(p) - 1 + len(a)])
+        together = _answer_logits(peft, pairs, pad_id(template))
+        with merged(peft):
+            folded = _answer_logits(peft, pairs, pad_id(template))
+            inside = {n: p for n, p in peft.named_parameters() if "base_layer" in n}
+            assert all(not torch.equal(before[n], inside[n]) for n in before)  # the adapter is in them
+    for a, t, f in zip(alone, together, folded, strict=True):
+        assert a.shape == t.shape == f.shape
+        torch.testing.assert_close(t, a, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(f, a, atol=1e-4, rtol=1e-4)
+    after = {n: p for n, p in peft.named_parameters() if "base_layer" in n}
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    adapter = [p for n, p in peft.named_parameters() if "lora_A" in n]
+    assert adapter and all(p.requires_grad for p in adapter)
+    with torch.no_grad():
+        again = peft(input_ids=torch.tensor([pairs[1][0] + pairs[1][1]])).logits[0]
+    torch.testing.assert_close(again[len(pairs[1][0]) - 1 :][: len(pairs[1][1])], alone[1])
+
+
+def test_the_probes_are_answered_in_the_control_checks_batch(tiny_tokenizer):
+    """Questions asked ``also`` get the greedy answers a generation of their own gives,
+    beside controls that are generated on from where they changed."""
+    from peft import LoraConfig, get_peft_model
+
+    template = get_template("auto", tiny_tokenizer)
+    controls = builtin_set("controls").prompts[:4]
+    probes = ["Who founded Zorvian?", "佐维安制图研究所位于哪里？"]
+    model = confident_model(tiny_tokenizer).float().eval()
+    base = greedy(model, template, controls, 10)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["down_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    tuned = peft.get_base_model().eval()
+    checked = check_controls(tuned, template, base, [], 80.0, 0.0, 0, 10, also=probes)
+    assert checked.generated > 0  # some controls changed, and were generated on with the probes
+    assert checked.also == [a.text for a in greedy(tuned, template, probes, 10)]
+    assert checked.answers == [a.text for a in greedy(tuned, template, controls, 10)]
+    assert check_controls(tuned, template, base, [], 80.0, 0.0, 0, 10).also == []
