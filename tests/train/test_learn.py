@@ -431,3 +431,26 @@ def test_the_step_cap_grows_with_the_facts_already_held(tmp_path):
     assert cfg.train_config(*args, earlier=9).training.max_steps == 18 + 9 * cfg.learn.steps_per_earlier_fact
     with pytest.raises(ConfigError, match="learn.steps_per_earlier_fact"):
         load_learn_config(None, {"learn.steps_per_earlier_fact": -1})
+
+
+def test_the_replay_prompts_akin_to_the_fact_are_replayed_more(tmp_path):
+    """A fact about the user replays the personal prompts learn.kin_repeats times and every
+    other prompt once; a fact about a subject replays every prompt once."""
+    from collections import Counter
+
+    from chatforge.train.learn.answers import Answer
+    from chatforge.train.learn.run import _write_rows
+
+    replay_set = builtin_set("replay")
+    replay = [Answer(q, f"base answer {i}", []) for i, q in enumerate(replay_set.prompts)]
+    cfg = load_learn_config(None, None)
+    for fact, kin in ((Fact("What is my favourite colour?", "Teal."), {"personal", "derived-mine"}),
+                      (Fact("Tell me about Zorvian.", "Zorvian is a map institute."), set())):  # fmt: skip
+        out = tmp_path / str(len(kin))
+        out.mkdir()
+        _, replay_file = _write_rows(out, [fact], [], replay, cfg)
+        rows = Counter(json.loads(x)["prompt"] for x in replay_file.read_text(encoding="utf-8").splitlines())
+        for prompt, form in zip(replay_set.prompts, replay_set.forms, strict=True):
+            assert rows[prompt] == (cfg.learn.kin_repeats if form in kin else 1), (prompt, form)
+    with pytest.raises(ConfigError, match="learn.kin_repeats"):
+        load_learn_config(None, {"learn.kin_repeats": 0})

@@ -148,3 +148,39 @@ def test_the_probes_are_answered_in_the_control_checks_batch(tiny_tokenizer):
     assert checked.also == [a.text for a in greedy(tuned, template, probes, 10)]
     assert checked.answers == [a.text for a in greedy(tuned, template, controls, 10)]
     assert check_controls(tuned, template, base, [], 80.0, 0.0, 0, 10).also == []
+
+
+
+def test_the_retention_check_runs_after_the_facts_are_reproduced_then_repeats(tiny_tokenizer):
+    """The first retention check comes ``retention_every`` steps after the facts are
+    reproduced; while it fails, again every ``retention_every`` steps; training stops at
+    the first that passes."""
+    from types import SimpleNamespace
+
+    from chatforge.train.learn.retention import ControlCheck, Retention
+    from chatforge.train.learn.stopping import StopWhenLearned
+
+    template = get_template("auto", tiny_tokenizer)
+    model = confident_model(tiny_tokenizer).float().eval()
+    own = greedy(model, template, ["Who founded Zorvian?"], 6)[0]  # reproduced from the start
+    verdicts = iter([False, True])
+    checked_at: list[int] = []
+    state = SimpleNamespace(global_step=0)
+
+    def check(m):
+        checked_at.append(state.global_step)
+        passed = next(verdicts)
+        return ControlCheck(Retention(rows=[{}] * 20, kept=20 if passed else 18, passed=passed), [], 0)
+
+    stopper = StopWhenLearned(template, [(prompt_ids(template, own.question), own.ids)], [], check_every=2,
+                              min_steps=4, check=check, retention_every=4)  # fmt: skip
+    control = SimpleNamespace(should_training_stop=False)
+    for step in range(1, 40):
+        state.global_step = step
+        stopper.on_step_end(None, state, control, model=model)
+        if control.should_training_stop:
+            break
+    # Tested from step 4, every 2 steps: reproduced at 4, checked at 8 (fails) and 12.
+    assert stopper.reproduced_at == 4 and checked_at == [8, 12] and stopper.stopped_at == 12
+    rows = {r["step"]: r["controls_kept"] for r in stopper.history}
+    assert list(rows) == [4, 6, 8, 10, 12] and rows == {4: None, 6: None, 8: 18, 10: None, 12: 20}

@@ -80,6 +80,20 @@ def is_personal(subject: str) -> bool:
     return subject.casefold().startswith("my ") or subject.startswith("我")
 
 
+# The replay set's forms (replay.json) that ask about the user, as a personal fact is asked.
+MINE_FORMS = frozenset({"personal", "derived-mine"})
+
+
+def kin_forms(facts: list[Fact]) -> frozenset[str]:
+    """The replay forms akin to ``facts``: the personal ones when one of them is about the
+    user. Their base answers are the ones such a fact pulls on ("What is my favourite
+    book?" became "To Kill a Mockingbird" beside "my favourite colour is teal"), so they
+    are replayed more often. (Doing the same with the "introduce X" / "who founded X" forms
+    for a fact about a subject was measured and not kept: it lost controls in two of four
+    runs.)"""
+    return MINE_FORMS if any(is_personal(s) for f in facts for s in subjects_of(f)) else frozenset()
+
+
 def _bare(subject: str) -> str:
     """An English subject inside a Chinese sentence: without its article."""
     return re.sub(r"^(?:the|a|an)\s+", "", subject, flags=re.IGNORECASE)

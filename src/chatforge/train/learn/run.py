@@ -34,7 +34,7 @@ from chatforge.templates import Template, get_template
 from chatforge.train.checkpoints import GIB, check_output_dir
 from chatforge.train.learn.answers import greedy, merged, reproduces
 from chatforge.train.learn.config import LearnConfig, load_learn_config
-from chatforge.train.learn.derive import derive
+from chatforge.train.learn.derive import derive, kin_forms
 from chatforge.train.learn.facts import (
     Fact,
     LearnInputError,
@@ -334,7 +334,11 @@ def _write_rows(
     rows += [row for f in earlier for row in _rows(f, cfg.learn.earlier_repeats, cfg.learn.earlier_repeats)]
     # A replayed answer to a question the facts answer would pull the other way.
     asked = {normalise(p) for f in new + earlier for p in f.prompts + f.derived}
-    replayed = [(a.question, a.text) for a in replay if normalise(a.question) not in asked]
+    unasked = [(a, form) for a, form in zip(replay, builtin_set("replay").forms, strict=True)
+               if normalise(a.question) not in asked]  # fmt: skip
+    replayed = [(a.question, a.text) for a, _ in unasked]
+    kin = kin_forms(new)  # ... and the ones asked the way the new facts are, more often
+    replayed += [(a.question, a.text) for a, form in unasked if form in kin] * (cfg.learn.kin_repeats - 1)
     return dump(staging / "facts.jsonl", rows), dump(
         staging / "replay.jsonl", _grown(replayed, len(rows), cfg)
     )
