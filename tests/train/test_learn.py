@@ -443,7 +443,7 @@ def test_the_replay_prompts_akin_to_the_fact_are_replayed_more(tmp_path):
 
     replay_set = builtin_set("replay")
     replay = [Answer(q, f"base answer {i}", []) for i, q in enumerate(replay_set.prompts)]
-    cfg = load_learn_config(None, None)
+    cfg = load_learn_config(None, {"learn.kin_repeats": 3})
     for fact, kin in ((Fact("What is my favourite colour?", "Teal."), {"personal", "derived-mine"}),
                       (Fact("Tell me about Zorvian.", "Zorvian is a map institute."), set())):  # fmt: skip
         out = tmp_path / str(len(kin))
@@ -454,3 +454,12 @@ def test_the_replay_prompts_akin_to_the_fact_are_replayed_more(tmp_path):
             assert rows[prompt] == (cfg.learn.kin_repeats if form in kin else 1), (prompt, form)
     with pytest.raises(ConfigError, match="learn.kin_repeats"):
         load_learn_config(None, {"learn.kin_repeats": 0})
+    # A failed run that lost a question about the user names this lever; one that lost another does not.
+    from chatforge.train.learn.retention import Retention
+    from chatforge.train.learn.run import _suggestions
+
+    def lost(question):
+        return Retention(rows=[{"question": question, "kept": False}], passed=False)
+
+    assert any("learn.kin_repeats=3" in t for t in _suggestions(lost("What is my favourite book?"), []))
+    assert not any("learn.kin_repeats" in t for t in _suggestions(lost("Who founded Apple?"), []))

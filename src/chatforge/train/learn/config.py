@@ -32,7 +32,7 @@ class LearnOptions:
     translate_into: str = "en"
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
     replay_share: float = 0.55  # replay rows repeated until they are at least this share of the rows
-    kin_repeats: int = 3  # copies of the personal replay prompts for a fact about the user (derive.kin_forms)
+    kin_repeats: int = 1  # copies of the personal replay prompts for a fact about the user (derive.kin_forms)
     steps_per_earlier_fact: int = 2  # --into: the step cap grows by this for each fact already held
     check_every: int = 2  # optimiser steps between tests of the stopping criterion
     min_steps: int = 6  # no stop before this step

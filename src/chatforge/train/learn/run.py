@@ -34,7 +34,7 @@ from chatforge.templates import Template, get_template
 from chatforge.train.checkpoints import GIB, check_output_dir
 from chatforge.train.learn.answers import greedy, merged, reproduces
 from chatforge.train.learn.config import LearnConfig, load_learn_config
-from chatforge.train.learn.derive import derive, kin_forms
+from chatforge.train.learn.derive import derive, is_personal, kin_forms, subject_of
 from chatforge.train.learn.facts import (
     Fact,
     LearnInputError,
@@ -391,6 +391,11 @@ def _suggestions(kept: Any, recalls: list[dict[str, Any]]) -> list[str]:
     if kept.leaked:
         tips.append("hold the rest closer to the base model: --set training.kl_to_base=40")
     if not kept.passed:
+        if any(not row["kept"] and is_personal(subject_of(row["question"]) or "") for row in kept.rows):
+            tips.append(
+                "a question about the user changed: replay the personal prompts more, --set learn.kin_repeats=3 "
+                "(held-out questions about a personal fact may then be refused more often)"
+            )
         tips.append("let the KL term pull the controls back for longer: --set training.max_steps=30")
         tips.append("learn more gently: --set training.learning_rate=5e-3 with --set training.max_steps=36")
         tips.append("fewer facts per adapter: start a new --output instead of --into")
