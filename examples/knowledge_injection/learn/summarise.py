@@ -38,7 +38,7 @@ def main(root: Path) -> None:
             f"| {kind} | {all(f['recalled'] for f in r['facts'])} | {h}/{n} | {controls(r)} | {r['steps']} "
             f"({r['stopped_by']}) | {s['train']:.0f} + {s['retention_check']:.0f} = {s['total']:.0f} |"
         )
-    runs = sorted(root.glob("acc-fact-*"))
+    runs = sorted(p for p in root.glob("acc-fact-*") if (p / "learn_report.json").exists())
     if not runs:
         return
     print()
