@@ -424,13 +424,21 @@ def test_the_replay_grows_with_the_facts_rows():
     assert _grown([], 304, cfg) == []
 
 
-def test_the_step_cap_grows_with_the_facts_already_held(tmp_path):
+def test_the_step_cap_grows_and_the_rate_falls_with_the_facts_already_held(tmp_path):
     cfg = load_learn_config(None, None)
     args = (tmp_path / "t.jsonl", tmp_path / "r.jsonl", tmp_path / "out", "test")
-    assert cfg.train_config(*args).training.max_steps == 18
-    assert cfg.train_config(*args, earlier=9).training.max_steps == 18 + 9 * cfg.learn.steps_per_earlier_fact
+    first, ninth = cfg.train_config(*args).training, cfg.train_config(*args, earlier=9).training
+    assert first.max_steps == 18
+    assert ninth.max_steps == 18 + 9 * cfg.learn.steps_per_earlier_fact
+    assert first.learning_rate == 1e-2 and ninth.learning_rate == pytest.approx(1e-2 * cfg.learn.into_lr_scale)
+    assert cfg.learn.into_lr_scale < 1
+    # A rate the user sets is scaled too: the option stays one knob over both runs.
+    mine = load_learn_config(None, {"training.learning_rate": 4e-3, "learn.into_lr_scale": 0.25})
+    assert mine.train_config(*args, earlier=1).training.learning_rate == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match="learn.steps_per_earlier_fact"):
         load_learn_config(None, {"learn.steps_per_earlier_fact": -1})
+    with pytest.raises(ConfigError, match="learn.into_lr_scale"):
+        load_learn_config(None, {"learn.into_lr_scale": 0})
 
 
 def test_the_replay_prompts_akin_to_the_fact_are_replayed_more(tmp_path):

@@ -34,6 +34,7 @@ class LearnOptions:
     replay_share: float = 0.55  # replay rows repeated until they are at least this share of the rows
     kin_repeats: int = 1  # copies of the personal replay prompts for a fact about the user (derive.kin_forms)
     steps_per_earlier_fact: int = 2  # --into: the step cap grows by this for each fact already held
+    into_lr_scale: float = 0.5  # --into: training.learning_rate times this for an adapter that holds facts
     check_every: int = 2  # optimiser steps between tests of the stopping criterion
     min_steps: int = 6  # no stop before this step
     retention_every: int = 4  # steps between retention checks while they fail
@@ -66,7 +67,8 @@ class LearnConfig:
         self, train_file: Path, replay_file: Path, output_dir: Path, source: str, earlier: int = 0
     ) -> TrainConfig:
         """The ``chatforge train`` config of one learning run, into an adapter that holds
-        ``earlier`` facts already (their rows make the data set longer: the cap grows)."""
+        ``earlier`` facts already (their rows make the data set longer: the cap grows; its
+        factors are trained already: the rate is scaled by ``learn.into_lr_scale``)."""
         flat = {
             **self.train,
             "data.train_file": str(train_file),
@@ -77,6 +79,8 @@ class LearnConfig:
         config = build_config(flat, source)
         if earlier and config.training.max_steps > 0:
             config.training.max_steps += self.learn.steps_per_earlier_fact * earlier
+        if earlier:
+            config.training.learning_rate *= self.learn.into_lr_scale
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +158,8 @@ def _validate(config: LearnConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: learn.translate_into must be en, zh, 'en,zh' or none, got {lo.translate_into!r}"
         )
+    if not 0 < lo.into_lr_scale <= 1:
+        raise ConfigError(f"{source}: learn.into_lr_scale must be in (0, 1], got {lo.into_lr_scale!r}")
     if not 0 <= lo.replay_share < 1:
         raise ConfigError(f"{source}: learn.replay_share must be in [0, 1), got {lo.replay_share!r}")
     if rt.max_base_gap < 0:
