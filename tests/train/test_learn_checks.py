@@ -150,7 +150,6 @@ def test_the_probes_are_answered_in_the_control_checks_batch(tiny_tokenizer):
     assert check_controls(tuned, template, base, [], 80.0, 0.0, 0, 10).also == []
 
 
-
 def test_the_retention_check_runs_after_the_facts_are_reproduced_then_repeats(tiny_tokenizer):
     """The first retention check comes ``retention_every`` steps after the facts are
     reproduced; while it fails, again every ``retention_every`` steps; training stops at
@@ -184,3 +183,37 @@ def test_the_retention_check_runs_after_the_facts_are_reproduced_then_repeats(ti
     assert stopper.reproduced_at == 4 and checked_at == [8, 12] and stopper.stopped_at == 12
     rows = {r["step"]: r["controls_kept"] for r in stopper.history}
     assert list(rows) == [4, 6, 8, 10, 12] and rows == {4: None, 6: None, 8: 18, 10: None, 12: 20}
+
+
+def test_decoding_gives_what_generate_gives_for_any_lengths_and_budgets(tiny_tokenizer):
+    """Greedy decoding with prompts read one by one and rows leaving the batch as they end
+    gives the tokens that ``generate`` gives each prompt alone."""
+    from chatforge.train.learn.answers import continue_greedy
+
+    template = get_template("auto", tiny_tokenizer)
+    model = confident_model(tiny_tokenizer, seed=3).float().eval()
+    stops = sorted(template.stop_token_ids)
+    with torch.no_grad():
+        model.lm_head.weight[stops[0]] += 0.3 * model.lm_head.weight.mean(0)  # some answers end early
+    questions = [
+        "Hi",
+        "What is the capital of France?",
+        "写一首关于秋天的诗。",
+        "2+2?",
+        "Tell me a long story.",
+    ]
+    prompts = [prompt_ids(template, q) for q in questions]
+    prompts[2] = prompts[2] + [7, 8, 9]  # a prompt that continues an answer, as a changed control does
+    budgets = [1, 24, 9, 0, 16]
+    expected = []
+    for p, b in zip(prompts, budgets, strict=True):
+        if b == 0:
+            expected.append([])
+            continue
+        out = model.generate(input_ids=torch.tensor([p]), max_new_tokens=b, do_sample=False,
+                             eos_token_id=stops, pad_token_id=pad_id(template))[0, len(p):].tolist()  # fmt: skip
+        end = next((j for j, t in enumerate(out) if t in stops), None)
+        expected.append(out if end is None else out[: end + 1])
+    assert continue_greedy(model, template, prompts, budgets, chunk=3) == expected
+    assert continue_greedy(model, template, prompts, budgets, chunk=8) == expected
+    assert {len(e) for e in expected} != {max(budgets)}  # rows of several lengths: some left early

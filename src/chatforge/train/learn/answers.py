@@ -1,7 +1,8 @@
 """Greedy answers, and the cheap test of whether a model would give a known answer.
 
-:func:`greedy` generates in one left-padded batch per chunk and returns token ids beside
-the text, so that a base model's answer can later be tested token for token.
+:func:`greedy` generates in one batch per chunk (the shared system prompt read once, each
+row leaving the batch when it ends) and returns token ids beside the text, so that a base
+model's answer can later be tested token for token.
 :func:`reproduces` does that test without generating: one forward pass over prompt +
 answer, and the answer is what greedy decoding gives exactly when every answer token is
 the arg-max after its prefix (teacher forcing). That makes the stopping criterion a
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 
 from chatforge.messages import Message, Role
 from chatforge.templates import Template
@@ -61,35 +64,103 @@ def continue_greedy(
     """Greedy continuations of token ``prompts``, each at most its budget of new tokens and
     ended by the first stop token (kept). Batched, left-padded, in chunks of ``chunk``."""
     stops = set(template.stop_token_ids)
-    pad = pad_id(template)
-    device = next(model.parameters()).device
-    out_rows: list[list[int]] = []
+    out: list[list[int]] = []
     for start in range(0, len(prompts), chunk):
-        part = prompts[start : start + chunk]
-        budget = max(budgets[start : start + chunk])
-        width = max(len(p) for p in part)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=budget,
-            do_sample=False,
-            eos_token_id=sorted(stops),
-            pad_token_id=pad,
-            use_cache=True,  # off in a model being trained; generating without it is quadratic
+        out += _decode(
+            model, prompts[start : start + chunk], budgets[start : start + chunk], stops, pad_id(template)
         )
-        for i, row in enumerate(out[:, width:].tolist()):
-            row = row[: budgets[start + i]]
-            end = next((j for j, t in enumerate(row) if t in stops), None)
-            out_rows.append(row if end is None else row[: end + 1])
-    return out_rows
+    return out
+
+
+def _decode(
+    model: Any, prompts: list[list[int]], budgets: list[int], stops: set[int], pad: int
+) -> list[list[int]]:
+    """One batch decoded greedily (see :func:`_read`); a row leaves the batch (and the KV
+    cache) as soon as it has its stop token or its budget: the answers of a retention check
+    end after 3 to 64 tokens, and a batch that ran until its longest row was done spent
+    most of its steps on finished rows."""
+    out: list[list[int]] = [[] for _ in prompts]
+    rows = [i for i, b in enumerate(budgets) if b > 0]
+    if not rows:
+        return out
+    cache, mask, chosen = _read(model, [prompts[i] for i in rows])
+    positions = mask.sum(dim=1, keepdim=True) - 1
+    while True:
+        going = []
+        for n, (i, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
+            out[i].append(token)
+            if token not in stops and len(out[i]) < budgets[i]:
+                going.append(n)
+        if not going:
+            return out
+        if len(going) < len(rows):
+            keep = torch.tensor(going, device=mask.device)
+            cache.batch_select_indices(keep)
+            mask, positions, chosen = mask[keep], positions[keep], chosen[keep]
+            rows = [rows[n] for n in going]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions + 1
+        logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
+        chosen = logits[:, -1].argmax(dim=-1)
+
+
+def _read(model: Any, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """The KV cache of ``prompts`` (left-padded), its attention mask, and the greedy token
+    after each prompt. The tokens every prompt starts with (the system prompt) are read
+    once, then each prompt's own tokens alone: no padding to compute (the prompts of a
+    retention check are 38 to 88 tokens long)."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    shared, prefix = _prefix(model, prompts, min(len(p) for p in prompts) - 1)
+    alone, firsts = [], []
+    for p in prompts:
+        cache = _copies(model, prefix, 1)
+        at = torch.arange(shared, len(p), device=device)[None]
+        logits = model(input_ids=torch.tensor([p[shared:]], device=device), position_ids=at,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
+        firsts.append(logits[0, -1].argmax())
+        alone.append(cache)
+    joined = DynamicCache(config=model.config)
+    left = [width - len(p) for p in prompts]
+    for n in range(len(alone[0].layers)):
+        keys = [F.pad(c.layers[n].keys, (0, 0, k, 0)) for c, k in zip(alone, left, strict=True)]
+        values = [F.pad(c.layers[n].values, (0, 0, k, 0)) for c, k in zip(alone, left, strict=True)]
+        joined.update(torch.cat(keys), torch.cat(values), n)
+    mask = torch.tensor([[0] * k + [1] * len(p) for p, k in zip(prompts, left, strict=True)], device=device)
+    return joined, mask, torch.stack(firsts)
 
 
 def reproduces(model: Any, template: Template, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
     """For each ``(prompt ids, answer ids)``: would greedy decoding produce exactly ``answer``?"""
     firsts = first_differences(model, pairs, pad_id(template))
     return [first == len(answer) for first, (_, answer) in zip(firsts, pairs, strict=True)]
+
+
+def _prefix(model: Any, rows: list[list[int]], limit: int) -> tuple[int, Any]:
+    """How many tokens all ``rows`` start with (at most ``limit``; none for one row), and the
+    KV cache of those tokens (None when they share none): the chat template's system prompt
+    is a quarter of a retention check's tokens, read once instead of once per row."""
+    shared = 0
+    for column in zip(*rows, strict=False) if len(rows) > 1 else []:
+        if shared >= limit or any(t != column[0] for t in column):
+            break
+        shared += 1
+    if shared == 0:
+        return 0, None
+    cache = DynamicCache(config=model.config)
+    device = next(model.parameters()).device
+    model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache, use_cache=True,
+          logits_to_keep=1)  # fmt: skip
+    return shared, cache
+
+
+def _copies(model: Any, prefix: Any, n: int) -> Any:
+    """A KV cache that holds ``prefix`` (a one-row cache, or None: nothing) for ``n`` rows."""
+    cache = DynamicCache(config=model.config)
+    for layer, held in enumerate(prefix.layers if prefix is not None else []):
+        cache.update(held.keys.expand(n, -1, -1, -1), held.values.expand(n, -1, -1, -1), layer)
+    return cache
 
 
 def _groups(lengths: list[int], spread: float = 1.25) -> list[list[int]]:
@@ -105,37 +176,50 @@ def _groups(lengths: list[int], spread: float = 1.25) -> list[list[int]]:
     return groups
 
 
-def _answer_logits(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[torch.Tensor]:
+def _answer_logits(
+    model: Any, pairs: list[tuple[list[int], list[int]]], pad: int, prefix_once: bool = True
+) -> list[torch.Tensor]:
     """For each ``(prompt ids, answer ids)``: the logits that predict its answer tokens
-    (``(len(answer), vocab)``), by teacher forcing: right-padded forward passes over
+    (``(len(answer), vocab)``), by teacher forcing: the tokens all rows start with read
+    once (unless not ``prefix_once``), then right-padded forward passes over the rest of
     prompt + answer, rows of similar length batched together, and the output layer applied
     only at the answer-predicting positions (it is a quarter of a small model's compute)."""
     device = next(model.parameters()).device
     rows = [p + a for p, a in pairs]
+    limit = min(len(p) for p, _ in pairs) - 1 if prefix_once else 0
+    shared, prefix = _prefix(model, rows, limit)
     out: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
-    for group in _groups([len(r) for r in rows]):
-        width = max(len(rows[i]) for i in group)
-        ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in group], device=device)
-        mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in group], device=device)
+    for group in _groups([len(r) - shared for r in rows]):
+        rest = [rows[i][shared:] for i in group]
+        width = max(len(r) for r in rest)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest], device=device)
+        mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest], device=device)
         keep = torch.zeros(len(group), width, dtype=torch.bool, device=device)
         for n, i in enumerate(group):
             prompt, answer = pairs[i]
-            keep[n, len(prompt) - 1 : len(prompt) - 1 + len(answer)] = True
+            keep[n, len(prompt) - 1 - shared : len(prompt) - 1 - shared + len(answer)] = True
+        at = torch.arange(shared, shared + width, device=device).expand(len(group), -1)
         # A boolean mask keeps those positions only, flattened row after row.
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=at, logits_to_keep=keep,
+                       past_key_values=_copies(model, prefix, len(group)), use_cache=True).logits  # fmt: skip
         for i, part in zip(group, logits.split([len(pairs[i][1]) for i in group]), strict=True):
             out[i] = part
     return out
 
 
 @torch.no_grad()
-def first_differences(model: Any, pairs: list[tuple[list[int], list[int]]], pad: int) -> list[int]:
+def first_differences(
+    model: Any, pairs: list[tuple[list[int], list[int]]], pad: int, prefix_once: bool = True
+) -> list[int]:
     """For each ``(prompt ids, answer ids)``: where greedy decoding would first differ from the
-    answer (its length when it would not), by teacher forcing: a forward pass, no generation."""
+    answer (its length when it would not), by teacher forcing: a forward pass, no generation.
+    ``prefix_once=False`` reads each prompt whole, as a server reads a first message (in
+    bfloat16, reading the system prompt apart rounds differently: it changed the base
+    model's answer to "What is 144 divided by 12?")."""
     if not pairs:
         return []
     firsts = []
-    for (_, answer), logits in zip(pairs, _answer_logits(model, pairs, pad), strict=True):
+    for (_, answer), logits in zip(pairs, _answer_logits(model, pairs, pad, prefix_once), strict=True):
         got = logits.argmax(dim=-1).tolist()
         firsts.append(
             next((i for i, (a, b) in enumerate(zip(got, answer, strict=True)) if a != b), len(answer))

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatforge.models.onednn import onednn_linears
 from chatforge.templates import Template
 from chatforge.train.learn.answers import (
     Answer,
@@ -184,7 +185,7 @@ def check_controls(
     decoding step costs about as much for a few more rows."""
     pairs = [(prompt_ids(template, a.question), a.ids) for a in base]
     extra = [prompt_ids(template, q) for q in also or []]
-    with merged(model):
+    with merged(model), onednn_linears(model):
         firsts = first_differences(model, pairs, pad_id(template))
         changed = [i for i, (first, a) in enumerate(zip(firsts, base, strict=True)) if first < len(a.ids)]
         starts = [pairs[i][0] + base[i].ids[: firsts[i]] for i in changed] + extra
@@ -219,6 +220,7 @@ def check_controls(
         with adapters_off(model), parameters_in_bf16(model):
             for i in open_:
                 pair = (pairs[i][0], tuned_ids[i])
-                served[i] = first_differences(model, [pair], pad_id(template))[0] == len(tuned_ids[i])
+                whole = first_differences(model, [pair], pad_id(template), prefix_once=False)[0]
+                served[i] = whole == len(tuned_ids[i])
         kept = judged(gaps, served)
     return ControlCheck(kept, tuned, len(changed), [answer_text(template, r) for r in found[len(changed) :]])

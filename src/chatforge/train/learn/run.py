@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.models.loader import load_weights, resolve
+from chatforge.models.onednn import onednn_linears
 from chatforge.templates import Template, get_template
 from chatforge.train.checkpoints import GIB, check_output_dir
 from chatforge.train.learn.answers import greedy, merged, reproduces
@@ -210,19 +211,20 @@ def _run(
             f"not on {model_ref!r} (fingerprint {model_hash}); pass --model {earlier_info.get('base_model')} "
             "or learn into a new --output"
         )
-    replay, replay_s = base_answers(
-        model, template, builtin_set("replay"), model_hash, cfg.learn.replay_tokens
-    )
-    base_controls, control_s = base_answers(
-        model, template, builtin_set("controls"), model_hash, cfg.retention.max_new_tokens
-    )
-    seconds["base_answers"] = time.perf_counter() - t
-    generated_now = replay_s + control_s > 0
+    with onednn_linears(model):  # the base model's generation: float32 linears through oneDNN
+        replay, replay_s = base_answers(
+            model, template, builtin_set("replay"), model_hash, cfg.learn.replay_tokens
+        )
+        base_controls, control_s = base_answers(
+            model, template, builtin_set("controls"), model_hash, cfg.retention.max_new_tokens
+        )
+        seconds["base_answers"] = time.perf_counter() - t
+        generated_now = replay_s + control_s > 0
 
-    t = time.perf_counter()
-    if cfg.learn.derive:
-        derive(model, template, new_facts, controls, cfg.learn.translate_targets)
-    seconds["derive"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if cfg.learn.derive:
+            derive(model, template, new_facts, controls, cfg.learn.translate_targets)
+        seconds["derive"] = time.perf_counter() - t
     train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, cfg)
     train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config", len(earlier))
     if into:
@@ -262,7 +264,7 @@ def _run(
     kept = controls_check.kept
     n = rt.max_new_tokens
     fact_pairs = [_answer_ids(template, f.prompt, f.answer) for f in everything]
-    with merged(model):
+    with merged(model), onednn_linears(model):
         exact = reproduces(model, template, fact_pairs)
         asked = [f.prompt for f, e in zip(everything, exact, strict=True) if not e]
         asked += [p.question for f in earlier for p in f.probes]
