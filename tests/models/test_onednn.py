@@ -54,3 +54,17 @@ def test_gradients_and_changed_weights_take_the_usual_path(tiny_tokenizer):
         doubled = logits(model)
     assert torch.equal(cast, served)
     torch.testing.assert_close(doubled, logits(model), atol=1e-4, rtol=1e-4)
+
+
+def test_nothing_is_packed_without_the_memory_for_it(tiny_tokenizer, monkeypatch):
+    from chatforge.models import onednn
+
+    model = make_model(tiny_tokenizer).float()
+    before = logits(model)
+    monkeypatch.setattr(onednn, "_available_bytes", lambda: 512 << 20)  # less than the 1 GiB kept free
+    with onednn_linears(model) as packed:
+        assert packed == 0
+        assert torch.equal(logits(model), before)
+    monkeypatch.setattr(onednn, "_available_bytes", lambda: None)  # unknown: packed
+    with onednn_linears(model) as packed:
+        assert packed > 0

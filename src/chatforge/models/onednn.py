@@ -13,19 +13,36 @@ libraries compute the same float32 products and sums, in another order: results 
 in the last bits (1e-4 on logits of about 10), as they do between two batch sizes. A
 layer whose weight was replaced, changed or cast after entry (an adapter merged, the model
 cast to bfloat16) is computed as before, and on leaving every layer is what it was. Where oneDNN
-is not there (another device, a build without it) the context does nothing.
+is not there (another device, a build without it), or where the packed copies (as large as
+the float32 weights) would leave less than 1 GiB of memory free, the context does nothing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 _MIN_WEIGHT = 1024  # weights of fewer elements keep the usual path
+_SPARE = 1 << 30  # bytes left free after the packed copies, or nothing is packed
+
+
+def _available_bytes() -> int | None:
+    """The memory the system can still give (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def available() -> bool:
@@ -78,6 +95,15 @@ def onednn_linears(model: nn.Module) -> Iterator[int]:
     recorded (see the module docstring); yields how many layers may. Each weight is packed
     at its layer's first use inside: a context in which nothing runs costs nothing."""
     layers = [m for m in model.modules() if _packable(m)] if available() else []
+    need = sum(m.weight.numel() * m.weight.element_size() for m in layers)
+    free = _available_bytes()
+    if layers and free is not None and free < need + _SPARE:
+        log.info(
+            "float32 linears not packed for oneDNN: %.1f GiB needed, %.1f GiB free",
+            need / 2**30,
+            free / 2**30,
+        )
+        layers = []
     patched: list[tuple[nn.Module, Any]] = []  # (layer, its own forward attribute, if it had one)
     try:
         for layer in layers:
