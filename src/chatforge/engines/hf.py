@@ -29,6 +29,7 @@ from transformers.cache_utils import DynamicLayer
 
 from chatforge.engines.base import EngineError, common_prefix
 from chatforge.engines.batching import BatchingEngine, Request, Work
+from chatforge.models.kvcache import stack_left_padded
 from chatforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -159,18 +160,7 @@ class TransformersEngine(BatchingEngine):
         caches = [r.slot.cache for r in requests]
         longest = max(r.slot.length for r in requests)
         self._pads = [longest - r.slot.length for r in requests]
-        data = []
-        for layer in range(len(caches[0].layers)):
-            keys, values = [], []
-            for cache, pad in zip(caches, self._pads):
-                k, v = cache.layers[layer].keys, cache.layers[layer].values
-                if pad:
-                    k = torch.nn.functional.pad(k, (0, 0, pad, 0))
-                    v = torch.nn.functional.pad(v, (0, 0, pad, 0))
-                keys.append(k)
-                values.append(v)
-            data.append((torch.cat(keys), torch.cat(values)))
-        self._batch = DynamicCache(data, config=self.model.config)
+        self._batch = stack_left_padded(caches, self._pads, self.model.config)
         self._members = list(requests)
         for r in requests:
             r.slot.cache = None

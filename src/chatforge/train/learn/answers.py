@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
+from chatforge.engines.base import common_prefix
 from chatforge.messages import Message, Role
+from chatforge.models.kvcache import stack_left_padded
 from chatforge.templates import Template
 
 
@@ -66,15 +67,11 @@ def continue_greedy(
     stops = set(template.stop_token_ids)
     out: list[list[int]] = []
     for start in range(0, len(prompts), chunk):
-        out += _decode(
-            model, prompts[start : start + chunk], budgets[start : start + chunk], stops, pad_id(template)
-        )
+        out += _decode(model, prompts[start : start + chunk], budgets[start : start + chunk], stops)
     return out
 
 
-def _decode(
-    model: Any, prompts: list[list[int]], budgets: list[int], stops: set[int], pad: int
-) -> list[list[int]]:
+def _decode(model: Any, prompts: list[list[int]], budgets: list[int], stops: set[int]) -> list[list[int]]:
     """One batch decoded greedily (see :func:`_read`); a row leaves the batch (and the KV
     cache) as soon as it has its stop token or its budget: the answers of a retention check
     end after 3 to 64 tokens, and a batch that ran until its longest row was done spent
@@ -121,12 +118,8 @@ def _read(model: Any, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Ten
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
         firsts.append(logits[0, -1].argmax())
         alone.append(cache)
-    joined = DynamicCache(config=model.config)
     left = [width - len(p) for p in prompts]
-    for n in range(len(alone[0].layers)):
-        keys = [F.pad(c.layers[n].keys, (0, 0, k, 0)) for c, k in zip(alone, left, strict=True)]
-        values = [F.pad(c.layers[n].values, (0, 0, k, 0)) for c, k in zip(alone, left, strict=True)]
-        joined.update(torch.cat(keys), torch.cat(values), n)
+    joined = stack_left_padded(alone, left, model.config)
     mask = torch.tensor([[0] * k + [1] * len(p) for p, k in zip(prompts, left, strict=True)], device=device)
     return joined, mask, torch.stack(firsts)
 
@@ -137,16 +130,12 @@ def reproduces(model: Any, template: Template, pairs: list[tuple[list[int], list
     return [first == len(answer) for first, (_, answer) in zip(firsts, pairs, strict=True)]
 
 
-def _prefix(model: Any, rows: list[list[int]], limit: int) -> tuple[int, Any]:
+def _prefix(model: Any, rows: list[list[int]], limit: int) -> tuple[int, DynamicCache | None]:
     """How many tokens all ``rows`` start with (at most ``limit``; none for one row), and the
     KV cache of those tokens (None when they share none): the chat template's system prompt
     is a quarter of a retention check's tokens, read once instead of once per row."""
-    shared = 0
-    for column in zip(*rows, strict=False) if len(rows) > 1 else []:
-        if shared >= limit or any(t != column[0] for t in column):
-            break
-        shared += 1
-    if shared == 0:
+    shared = min([limit, *(common_prefix(rows[0], r) for r in rows[1:])]) if len(rows) > 1 else 0
+    if shared <= 0:
         return 0, None
     cache = DynamicCache(config=model.config)
     device = next(model.parameters()).device
@@ -155,7 +144,7 @@ def _prefix(model: Any, rows: list[list[int]], limit: int) -> tuple[int, Any]:
     return shared, cache
 
 
-def _copies(model: Any, prefix: Any, n: int) -> Any:
+def _copies(model: Any, prefix: DynamicCache | None, n: int) -> DynamicCache:
     """A KV cache that holds ``prefix`` (a one-row cache, or None: nothing) for ``n`` rows."""
     cache = DynamicCache(config=model.config)
     for layer, held in enumerate(prefix.layers if prefix is not None else []):
