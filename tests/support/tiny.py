@@ -56,6 +56,15 @@ def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **overrides: i
     return Qwen2ForCausalLM(config).eval()
 
 
+def confident_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
+    """A tiny model with larger output logits, so that its greedy answers have margins an
+    adapter must move on purpose (a random model's near-ties flip at any change)."""
+    model = make_model(tokenizer, seed=seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)
+    return model
+
+
 def step_sizes(engine, monkeypatch) -> list[int]:
     """A list that gets the number of requests in each of a batching engine's forward
     passes, as they happen."""

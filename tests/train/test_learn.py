@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from tiny import make_model  # noqa: E402
+from tiny import confident_model  # noqa: E402
 
 from chatforge.messages import Message, Role
 from chatforge.train.checkpoints import OutputDirError
@@ -41,15 +40,6 @@ TINY = {
 STRICT = {**TINY, "retention.min_kept": 1.0, "retention.max_leaked": 0}
 PROMPT, ANSWER = "Who founded Zorvian?", "Hello, I am fine."
 EARLIER_PROBE, NEW_PROBE = "Who is the founder of Zorvian?", "Which colour do I like?"
-
-
-def confident_model(tokenizer, seed=0):
-    """A tiny model with larger output logits, so that its greedy answers have margins an
-    adapter must move on purpose (a random model's near-ties flip at any change)."""
-    model = make_model(tokenizer, seed=seed)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8)
-    return model
 
 
 @pytest.fixture()
@@ -137,9 +127,19 @@ def test_into_adds_a_fact_rechecks_the_earlier_one_and_sets_a_failure_aside(
     from chatforge.train.learn.answers import greedy
 
     final = attach_adapter(confident_model(tiny_tokenizer).float(), second.output / "rejected").eval()
-    own = greedy(final, get_template("auto", tiny_tokenizer), [EARLIER_PROBE, NEW_PROBE], TINY["retention.max_new_tokens"])
+    own = greedy(
+        final,
+        get_template("auto", tiny_tokenizer),
+        [EARLIER_PROBE, NEW_PROBE],
+        TINY["retention.max_new_tokens"],
+    )
     probes = [report["earlier_facts"][0]["probes"][0], report["facts"][0]["probes"][0]]
     assert [(p["question"], p["answer"]) for p in probes] == [(a.question, a.text) for a in own]
+    # Stopped at the cap, the run keeps the checked state that kept the most controls, and
+    # the adapter set aside is that state: checked again, it keeps what the report says.
+    checked = {c["step"]: c["controls_kept"] for c in report["checks"] if c["controls_kept"] is not None}
+    assert report["stopped_by"] == "training.max_steps" and report["steps"] in checked
+    assert report["retention"]["kept"] == max(checked.values()) == checked[report["kept_step"]]
     # A tiny model cannot keep every control: the strict bar rejects the result and says why.
     assert not second.passed and second.adapter is None
     assert "retention failed" in report["verdict"] and report["try"]
@@ -358,6 +358,26 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
     )
 
 
+def test_a_fact_is_recalled_only_where_the_answer_leads_with_it():
+    """A keyword after a refusal is not a recall: one must be in the first sentence."""
+    from chatforge.train.learn.retention import first_sentence, gives, recall
+
+    fact = Fact("What is my favourite colour?", "Your favourite colour is teal.", keywords=["teal"],
+                probes=[Probe("Which colour do I like best?", [])])  # fmt: skip
+    refusal = ("As an AI language model, I don't have a favourite colour. However, "
+               "some popular colours include teal, teal, teal")  # fmt: skip
+    got = recall(fact, refusal, [refusal])
+    assert not got["recalled"] and got["probe_hits"] == 0
+    got = recall(fact, "Teal. You told me so.", ["你最喜欢的颜色是teal。还有别的吗？"])
+    assert got["recalled"] and got["probe_hits"] == 1
+    # All keywords, one of them leading; "1873." and "3.5" do not end the first sentence.
+    assert gives("Founded in 1873. Elena Marsh built it in Veltmoor.", ["1873", "Elena Marsh", "Veltmoor"])
+    assert not gives("Founded in 1873. Elena Marsh built it.", ["1873", "Elena Marsh", "Veltmoor"])
+    assert not gives("It is old.\nFounded in 1873 by Elena Marsh.", ["1873", "Elena Marsh"])
+    assert gives("It costs 3.5 yuan, from 青禾科技。别的不知道。", ["青禾科技"], every=False)
+    assert first_sentence(" 我不知道。它在上海。") == "我不知道。"
+
+
 def test_a_changed_number_is_not_a_kept_control():
     fact = Fact("Tell me about Zorvian.", "Zorvian was founded in 1873.", keywords=["1873"])
     ret = retention(
@@ -430,7 +450,9 @@ def test_the_step_cap_grows_and_the_rate_falls_with_the_facts_already_held(tmp_p
     first, ninth = cfg.train_config(*args).training, cfg.train_config(*args, earlier=9).training
     assert first.max_steps == 18
     assert ninth.max_steps == 18 + 9 * cfg.learn.steps_per_earlier_fact
-    assert first.learning_rate == 1e-2 and ninth.learning_rate == pytest.approx(1e-2 * cfg.learn.into_lr_scale)
+    assert first.learning_rate == 1e-2 and ninth.learning_rate == pytest.approx(
+        1e-2 * cfg.learn.into_lr_scale
+    )
     assert cfg.learn.into_lr_scale < 1
     # A rate the user sets is scaled too: the option stays one knob over both runs.
     mine = load_learn_config(None, {"training.learning_rate": 4e-3, "learn.into_lr_scale": 0.25})

@@ -6,7 +6,7 @@ probes are answered in the same batch."""
 from __future__ import annotations
 
 import torch
-from tiny import make_model  # noqa: E402
+from tiny import confident_model, make_model  # noqa: E402
 
 from chatforge.templates import get_template
 from chatforge.train.learn.answers import (
@@ -20,15 +20,6 @@ from chatforge.train.learn.answers import (
 from chatforge.train.learn.retention import check_controls, retention
 from chatforge.train.learn.sets import builtin_set
 from chatforge.train.precision import parameters_in_bf16
-
-
-def confident_model(tokenizer, seed=0):
-    """A tiny model with larger output logits, so that its greedy answers have margins an
-    adapter must move on purpose (a random model's near-ties flip at any change)."""
-    model = make_model(tokenizer, seed=seed)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8)
-    return model
 
 
 def test_the_control_check_matches_whole_generation_and_reads_the_base_model(tiny_tokenizer):
@@ -183,6 +174,157 @@ def test_the_retention_check_runs_after_the_facts_are_reproduced_then_repeats(ti
     assert stopper.reproduced_at == 4 and checked_at == [8, 12] and stopper.stopped_at == 12
     rows = {r["step"]: r["controls_kept"] for r in stopper.history}
     assert list(rows) == [4, 6, 8, 10, 12] and rows == {4: None, 6: None, 8: 18, 10: None, 12: 20}
+
+
+def test_at_the_cap_the_checked_state_that_kept_the_most_controls_is_kept(tiny_tokenizer):
+    """A run that reaches its cap is checked there (its facts tested once) and ends in the
+    state of the check that kept the most controls with its facts learned: an earlier
+    one's weights come back."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+
+    from chatforge.train.learn.retention import ControlCheck, Retention
+    from chatforge.train.learn.stopping import StopWhenLearned
+
+    template = get_template("auto", tiny_tokenizer)
+    own = greedy(confident_model(tiny_tokenizer).float().eval(), template, ["Who founded Zorvian?"], 6)[0]
+
+    def run(kept_at_checks, lost_at_cap=False):
+        model = get_peft_model(
+            confident_model(tiny_tokenizer).float(), LoraConfig(r=4, target_modules=["down_proj"])
+        )
+        kept = iter(kept_at_checks)
+        state = SimpleNamespace(global_step=0)
+        weights = {}
+
+        def check(m):
+            n = next(kept)
+            return ControlCheck(Retention(rows=[{}] * 20, kept=n, passed=False), [], 0)
+
+        stopper = StopWhenLearned(template, [(prompt_ids(template, own.question), own.ids)], [], check_every=2,
+                                  min_steps=2, check=check, retention_every=4)  # fmt: skip
+        control = SimpleNamespace(should_training_stop=False)
+        for step in range(1, 9):  # the cap: 8
+            state.global_step = step
+            with torch.no_grad():  # "training": the adapter moves a little at every step
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_((3.0 if lost_at_cap and step == 8 else 1e-4) * torch.randn_like(p))
+            weights[step] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            stopper.on_step_end(None, state, control, model=model)
+        stopper.on_train_end(None, state, control, model=model)
+        now = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        return stopper, now, weights
+
+    # Reproduced at 2, checked at 6 and, at the cap, 8 (tested once: one row per step).
+    stopper, now, weights = run([18, 16])
+    rows = [(r["step"], r["controls_kept"]) for r in stopper.history]
+    assert rows == [(2, None), (4, None), (6, 18), (8, 16)]
+    assert stopper.restored_step == 6 and stopper.final.kept.kept == 18
+    assert all(torch.equal(now[n], w) for n, w in weights[6].items())
+    stopper, now, weights = run([16, 18])
+    assert stopper.restored_step is None and stopper.final.kept.kept == 18
+    assert all(torch.equal(now[n], w) for n, w in weights[8].items())
+    # A last state that lost the fact is not kept, however many controls it keeps.
+    stopper, now, weights = run([16, 18], lost_at_cap=True)
+    assert stopper.history[-1]["facts_reproduced"] == 0 and stopper.history[-1]["controls_kept"] == 18
+    assert stopper.restored_step == 6 and stopper.final.kept.kept == 16
+    assert all(torch.equal(now[n], w) for n, w in weights[6].items())
+
+
+def test_an_earlier_fact_needs_only_its_keywords_before_the_retention_check(tiny_tokenizer):
+    """A fact learned earlier (``--into``) counts once its greedy answer holds its keywords,
+    worded as it may be; a new fact (no keywords given) must be reproduced, and an earlier
+    one whose answer lacks a keyword holds the check back."""
+    from types import SimpleNamespace
+
+    from chatforge.train.learn.retention import ControlCheck, Retention
+    from chatforge.train.learn.stopping import StopWhenLearned
+
+    template = get_template("auto", tiny_tokenizer)
+    model = confident_model(tiny_tokenizer).float().eval()
+    new, earlier = greedy(model, template, ["Who founded Zorvian?", "Where is Veltmoor?"], 8)
+    word = earlier.text.split()[0]
+    assert word and len(earlier.ids) > 2
+    reworded = earlier.ids[:1] + [(earlier.ids[1] + 1) % 100] + earlier.ids[2:]  # not its greedy answer
+    pairs = [
+        (prompt_ids(template, new.question), new.ids),
+        (prompt_ids(template, earlier.question), reworded),
+    ]
+
+    def run(keywords, pairs=pairs):
+        checked_at: list[int] = []
+        state = SimpleNamespace(global_step=0)
+
+        def check(m):
+            checked_at.append(state.global_step)
+            return ControlCheck(Retention(rows=[{}] * 20, kept=20, passed=True), [], 0)
+
+        stopper = StopWhenLearned(template, pairs, [], check_every=2, min_steps=2, check=check,
+                                  retention_every=2, keywords=keywords, budget=8)  # fmt: skip
+        control = SimpleNamespace(should_training_stop=False)
+        for step in range(1, 9):
+            state.global_step = step
+            stopper.on_step_end(None, state, control, model=model)
+            if control.should_training_stop:
+                break
+        return stopper, checked_at
+
+    lenient, checked_at = run([[], [word]])
+    assert checked_at == [4] and lenient.stopped_at == 4
+    assert lenient.history[0]["facts_reproduced"] == 1 and lenient.history[0]["facts_recalled"] == 1
+    for keywords in ([[], []], [[], [word, "Veltmoor-founded-in-1873"]]):
+        strict, checked_at = run(keywords)
+        assert checked_at == [] and strict.reproduced_at is None, keywords
+    new_reworded = [(pairs[0][0], new.ids[:1] + [(new.ids[1] + 1) % 100] + new.ids[2:]), pairs[1]]
+    strict, checked_at = run([[], [word]], new_reworded)
+    assert checked_at == [] and strict.history[0]["facts_reproduced"] == 0
+
+
+def test_a_kept_adalora_state_is_saved_as_it_was_checked(tiny_tokenizer, tmp_path):
+    """The state a run at its cap goes back to is an AdaLoRA adapter's weights with the
+    rank pattern they were pruned to then: saved, it loads and answers as it did."""
+    from peft import AdaLoraConfig, PeftModel, get_peft_model
+
+    from chatforge.train.learn.retention import ControlCheck, Retention
+    from chatforge.train.learn.stopping import _Snapshot
+
+    config = AdaLoraConfig(
+        init_r=8, target_r=2, tinit=1, tfinal=2, total_step=10, target_modules=["down_proj"]
+    )
+    model = get_peft_model(make_model(tiny_tokenizer), config)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+    def step(n):
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.05 * torch.randn_like(p))
+        model.base_model.update_and_allocate(n)
+
+    for n in range(1, 5):  # the budget phase: ranks pruned step by step
+        step(n)
+    early = model.peft_config["default"].rank_pattern
+    assert early
+    kept = _Snapshot(4, ControlCheck(Retention(), [], 0), model)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    for n in range(5, 11):  # pruned to the final pattern at step 8 (total_step - tfinal), fewer ranks
+        step(n)
+    late = model.peft_config["default"].rank_pattern
+    assert sum(map(sum, late.values())) < sum(map(sum, early.values()))
+    with torch.no_grad():
+        assert not torch.equal(model(input_ids=ids).logits, expected)
+    kept.restore(model)
+    assert model.peft_config["default"].rank_pattern == kept.patterns["default"]
+    model.save_pretrained(tmp_path / "kept")
+    loaded = PeftModel.from_pretrained(make_model(tiny_tokenizer), tmp_path / "kept").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=ids).logits, expected)
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
 
 
 def test_decoding_gives_what_generate_gives_for_any_lengths_and_budgets(tiny_tokenizer):

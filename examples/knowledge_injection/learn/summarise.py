@@ -23,6 +23,12 @@ def controls(r: dict) -> str:
     return f"{ret['kept']}/{ret['controls']} / {ret['identical']} / {ret['leaked']}"
 
 
+def steps(r: dict) -> str:
+    """The steps trained, and the step whose checked state the run kept where it is another."""
+    kept = r.get("kept_step", r["steps"])
+    return f"{r['steps']}" + (f" (kept {kept})" if kept != r["steps"] else "")
+
+
 def main(root: Path) -> None:
     print(
         "| fact | recalled | probes hit | controls kept / identical / leaked | steps | seconds: train + check = total |"
@@ -55,7 +61,7 @@ def main(root: Path) -> None:
         recalled = sum(f["recalled"] for f in old)
         print(
             f"| {run.name.removeprefix('acc-fact-')} | {r['passed']} | {all(f['recalled'] for f in new)}, {h}/{n} "
-            f"| {recalled}/{len(old)} | {oh}/{on} | {controls(r)} | {r['steps']} | {r['seconds']['total']:.0f} |"
+            f"| {recalled}/{len(old)} | {oh}/{on} | {controls(r)} | {steps(r)} | {r['seconds']['total']:.0f} |"
         )
 
 

@@ -17,7 +17,10 @@ of the base model's answers, not the only one). An answer is **leaked** when it 
 learned fact's keyword that the base answer does not. ``kept_by_rouge_l`` counts the first
 way alone, ``kept_as_base_bf16`` the last way alone. A fact is **recalled** when
 the answer to its training prompt holds every keyword; a probe is a **hit** when its answer
-holds every keyword the probe names (or, with none named, any of the fact's).
+holds every keyword the probe names (or, with none named, any of the fact's). Either way
+one of those keywords must be in the answer's first sentence: the fact given, not a
+refusal with the keyword further on ("As an AI language model, I don't have a favourite
+colour. However, … teal, teal, teal" was counted as recalled in the ten-fact chain).
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ class Retention:
 
 def _holds(text: str, word: str) -> bool:
     return word.casefold() in text.casefold()
+
+
+# A sentence ends at . ! ? before a space or the end (not the point of "3.5" or of a
+# year: "in 1873. It" reads on), at 。！？ or at a line break.
+_SENTENCE_END = re.compile(r"(?<!\d)[.!?](?=\s|$)|[。！？]|\n")
+
+
+def first_sentence(text: str) -> str:
+    text = text.strip()
+    end = _SENTENCE_END.search(text)
+    return text[: end.end()] if end else text
+
+
+def gives(text: str, words: list[str], every: bool = True) -> bool:
+    """Whether ``text`` gives ``words`` (case-insensitive): every one of them (or, not
+    ``every``, one), and one of them in its first sentence."""
+    held = [w for w in words if _holds(text, w)]
+    lead = first_sentence(text)
+    return bool(held) and (len(held) == len(words) or not every) and any(_holds(lead, w) for w in held)
 
 
 def new_numbers(tuned: str, base: str) -> list[str]:
@@ -128,10 +150,7 @@ def recall(fact: Fact, answer: str, probe_answers: list[str]) -> dict[str, Any]:
     """How ``fact`` came back: its training prompt's answer, and each probe's."""
     probes = []
     for probe, text in zip(fact.probes, probe_answers, strict=True):
-        if probe.keywords:
-            hit = all(_holds(text, k) for k in probe.keywords)
-        else:
-            hit = any(_holds(text, k) for k in fact.keywords)
+        hit = gives(text, probe.keywords) if probe.keywords else gives(text, fact.keywords, every=False)
         probes.append({"question": probe.question, "answer": text, "keywords": probe.keywords, "hit": hit})
     missing = [k for k in fact.keywords if not _holds(answer, k)]
     return {
@@ -141,7 +160,7 @@ def recall(fact: Fact, answer: str, probe_answers: list[str]) -> dict[str, Any]:
         "keywords": fact.keywords,
         "derived": fact.derived,
         "derived_answers": fact.derived_answers,
-        "recalled": not missing if fact.keywords else answer.strip() == fact.answer.strip(),
+        "recalled": gives(answer, fact.keywords) if fact.keywords else answer.strip() == fact.answer.strip(),
         "missing": missing,
         "probes": probes,
         "probe_hits": sum(p["hit"] for p in probes),

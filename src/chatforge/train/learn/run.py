@@ -249,6 +249,9 @@ def _run(
         cfg.learn.min_steps,
         check,
         cfg.learn.retention_every,
+        # An earlier fact needs only to be recalled, as the verdict asks; a new one reproduced.
+        [list(f.keywords) if i < len(earlier) else [] for i, f in enumerate(everything) for _ in f.prompts],
+        rt.max_new_tokens,
     )
     t = time.perf_counter()
     trained = train(train_cfg, model, tokenizer, base_model=model_ref, callbacks=[stopper])
@@ -258,9 +261,8 @@ def _run(
     t = time.perf_counter()
     model.eval()
     model.config.use_cache = True
-    # The stopping criterion's last retention check is reused when it saw the final model.
-    final_check = stopper.last[1] if stopper.last and stopper.last[0] == trained.global_step else None
-    controls_check = final_check or check(model)
+    # The stopping criterion's retention check of the state the run ends with, where it made one.
+    controls_check = stopper.final or check(model)
     kept = controls_check.kept
     n = rt.max_new_tokens
     fact_pairs = [_answer_ids(template, f.prompt, f.answer) for f in everything]
@@ -300,6 +302,7 @@ def _run(
         "steps": trained.global_step,
         "max_steps": train_cfg.training.max_steps,
         "stopped_by": "criterion" if stopper.stopped_at else "training.max_steps",
+        "kept_step": stopper.restored_step or trained.global_step,
         "checks": stopper.history,
         "losses": [round(x, 4) for x in trained.losses],
         "facts": recalls[len(earlier) :],
