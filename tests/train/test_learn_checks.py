@@ -141,13 +141,35 @@ def test_the_probes_are_answered_in_the_control_checks_batch(tiny_tokenizer):
     assert check_controls(tuned, template, base, [], 80.0, 0.0, 0, 10).also == []
 
 
+def verdict(kept, passed=False):
+    """A retention check's result over 20 controls, as a stopper's ``check`` returns it."""
+    from chatforge.train.learn.retention import ControlCheck, Retention
+
+    return ControlCheck(Retention(rows=[{}] * 20, kept=kept, passed=passed), [], 0)
+
+
+def drive(stopper, model, state, last, each=None):
+    """End steps 1 to ``last`` as the Trainer does (``each(step)`` first: the step's
+    "training"), until ``stopper`` stops training."""
+    from types import SimpleNamespace
+
+    control = SimpleNamespace(should_training_stop=False)
+    for step in range(1, last + 1):
+        state.global_step = step
+        if each:
+            each(step)
+        stopper.on_step_end(None, state, control, model=model)
+        if control.should_training_stop:
+            break
+    return control
+
+
 def test_the_retention_check_runs_after_the_facts_are_reproduced_then_repeats(tiny_tokenizer):
     """The first retention check comes ``retention_every`` steps after the facts are
     reproduced; while it fails, again every ``retention_every`` steps; training stops at
     the first that passes."""
     from types import SimpleNamespace
 
-    from chatforge.train.learn.retention import ControlCheck, Retention
     from chatforge.train.learn.stopping import StopWhenLearned
 
     template = get_template("auto", tiny_tokenizer)
@@ -160,16 +182,11 @@ def test_the_retention_check_runs_after_the_facts_are_reproduced_then_repeats(ti
     def check(m):
         checked_at.append(state.global_step)
         passed = next(verdicts)
-        return ControlCheck(Retention(rows=[{}] * 20, kept=20 if passed else 18, passed=passed), [], 0)
+        return verdict(20 if passed else 18, passed)
 
     stopper = StopWhenLearned(template, [(prompt_ids(template, own.question), own.ids)], [], check_every=2,
                               min_steps=4, check=check, retention_every=4)  # fmt: skip
-    control = SimpleNamespace(should_training_stop=False)
-    for step in range(1, 40):
-        state.global_step = step
-        stopper.on_step_end(None, state, control, model=model)
-        if control.should_training_stop:
-            break
+    drive(stopper, model, state, 39)
     # Tested from step 4, every 2 steps: reproduced at 4, checked at 8 (fails) and 12.
     assert stopper.reproduced_at == 4 and checked_at == [8, 12] and stopper.stopped_at == 12
     rows = {r["step"]: r["controls_kept"] for r in stopper.history}
@@ -184,7 +201,6 @@ def test_at_the_cap_the_checked_state_that_kept_the_most_controls_is_kept(tiny_t
 
     from peft import LoraConfig, get_peft_model
 
-    from chatforge.train.learn.retention import ControlCheck, Retention
     from chatforge.train.learn.stopping import StopWhenLearned
 
     template = get_template("auto", tiny_tokenizer)
@@ -198,21 +214,16 @@ def test_at_the_cap_the_checked_state_that_kept_the_most_controls_is_kept(tiny_t
         state = SimpleNamespace(global_step=0)
         weights = {}
 
-        def check(m):
-            n = next(kept)
-            return ControlCheck(Retention(rows=[{}] * 20, kept=n, passed=False), [], 0)
-
-        stopper = StopWhenLearned(template, [(prompt_ids(template, own.question), own.ids)], [], check_every=2,
-                                  min_steps=2, check=check, retention_every=4)  # fmt: skip
-        control = SimpleNamespace(should_training_stop=False)
-        for step in range(1, 9):  # the cap: 8
-            state.global_step = step
-            with torch.no_grad():  # "training": the adapter moves a little at every step
+        def train(step):  # the adapter moves a little at every step
+            with torch.no_grad():
                 for p in model.parameters():
                     if p.requires_grad:
                         p.add_((3.0 if lost_at_cap and step == 8 else 1e-4) * torch.randn_like(p))
             weights[step] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            stopper.on_step_end(None, state, control, model=model)
+
+        stopper = StopWhenLearned(template, [(prompt_ids(template, own.question), own.ids)], [], check_every=2,
+                                  min_steps=2, check=lambda m: verdict(next(kept)), retention_every=4)  # fmt: skip
+        control = drive(stopper, model, state, 8, train)  # the cap: 8
         stopper.on_train_end(None, state, control, model=model)
         now = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         return stopper, now, weights
@@ -239,7 +250,6 @@ def test_an_earlier_fact_needs_only_its_keywords_before_the_retention_check(tiny
     one whose answer lacks a keyword holds the check back."""
     from types import SimpleNamespace
 
-    from chatforge.train.learn.retention import ControlCheck, Retention
     from chatforge.train.learn.stopping import StopWhenLearned
 
     template = get_template("auto", tiny_tokenizer)
@@ -259,16 +269,11 @@ def test_an_earlier_fact_needs_only_its_keywords_before_the_retention_check(tiny
 
         def check(m):
             checked_at.append(state.global_step)
-            return ControlCheck(Retention(rows=[{}] * 20, kept=20, passed=True), [], 0)
+            return verdict(20, passed=True)
 
         stopper = StopWhenLearned(template, pairs, [], check_every=2, min_steps=2, check=check,
                                   retention_every=2, keywords=keywords, budget=8)  # fmt: skip
-        control = SimpleNamespace(should_training_stop=False)
-        for step in range(1, 9):
-            state.global_step = step
-            stopper.on_step_end(None, state, control, model=model)
-            if control.should_training_stop:
-                break
+        drive(stopper, model, state, 8)
         return stopper, checked_at
 
     lenient, checked_at = run([[], [word]])

@@ -129,11 +129,11 @@ class StopWhenLearned(TrainerCallback):
             # The trainer holds the frozen base weights in bf16 (under autocast that changes
             # nothing); the checks are float32 passes over the original weights.
             with full_precision(inner):
-                # A few rows: cheaper through the adapter than folding it into the weights.
                 if self.history and self.history[-1]["step"] == step:  # the cap, tested at its step end
                     own, recalled = self._tested
                     self.history.pop()
                 else:
+                    # A few rows: cheaper through the adapter than folding it into the weights.
                     own = reproduces(inner, self.template, self.facts)
                     recalled = self._recalled(inner, own)
                 self._tested = own, recalled
