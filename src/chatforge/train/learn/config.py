@@ -149,7 +149,10 @@ def _validate(config: LearnConfig, source: str) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"{source}: {name} must be > 0, got {value!r}")
-    if min(lo.earlier_repeats, lo.derived_repeats, lo.min_steps, lo.steps_per_earlier_fact, rt.max_leaked) < 0:
+    if (
+        min(lo.earlier_repeats, lo.derived_repeats, lo.min_steps, lo.steps_per_earlier_fact, rt.max_leaked)
+        < 0
+    ):
         raise ConfigError(
             f"{source}: learn.earlier_repeats, learn.derived_repeats, learn.min_steps, "
             "learn.steps_per_earlier_fact and retention.max_leaked must be >= 0"

@@ -129,7 +129,9 @@ def translate_answers(
             break
         budget = max(2 * len(tok(j.text)["input_ids"]) + 16 for j in todo.values())
         asks = [_ask(j.text, j.target, EXAMPLES[j.target][round_]) for j in todo.values()]
-        for (i, job), reply in zip(todo.items(), greedy(model, template, asks, min(budget, 256)), strict=True):
+        for (i, job), reply in zip(
+            todo.items(), greedy(model, template, asks, min(budget, 256)), strict=True
+        ):
             job.tried.append(reply.text.strip())
             if usable(job.text, job.tried[-1], job.target):
                 answer = job.tried[-1]
@@ -138,5 +140,7 @@ def translate_answers(
                 found[i] = answer
     for i, job in jobs.items():
         if i not in found:
-            log.info("%s: no translation of the answer kept (the base model gave %r)", job.fact.where, job.tried)
+            log.info(
+                "%s: no translation of the answer kept (the base model gave %r)", job.fact.where, job.tried
+            )
     return found
