@@ -49,7 +49,15 @@ def test_learn_prints_the_retention_check_and_writes_an_adapter(model_dir, tmp_p
         "--answer",
         "Hello, I am fine.",
     ]
-    args += ["--probe", "Who is the founder of Zorvian?", "--output", str(out), "--merge"]
+    args += [
+        "--probe",
+        "Who is the founder of Zorvian?",
+        "--alias",
+        "佐维安",
+        "--output",
+        str(out),
+        "--merge",
+    ]
     for s in SETTINGS:
         args += ["--set", s]
     assert main(args) == 0
@@ -59,6 +67,7 @@ def test_learn_prints_the_retention_check_and_writes_an_adapter(model_dir, tmp_p
     assert "control answers kept" in printed and f"chatforge chat --adapter {out}" in printed
     report = json.loads((out / "learn_report.json").read_text(encoding="utf-8"))
     assert report["passed"] and len(report["facts"][0]["probes"]) == 1
+    assert report["facts"][0]["aliases"] == ["佐维安"] and "介绍一下佐维安。" in report["facts"][0]["derived"]
     info = json.loads((out / "chatforge_train.json").read_text(encoding="utf-8"))
     assert info["base_model"] == str(model_dir)  # what `chatforge export` merges onto
     assert (out / "merged" / "config.json").exists() and f"merged model: {out / 'merged'}" in printed

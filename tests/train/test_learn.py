@@ -14,7 +14,7 @@ from chatforge.train.checkpoints import OutputDirError
 from chatforge.train.config import ConfigError
 from chatforge.train.learn import LearnError, LearnInputError, learn
 from chatforge.train.learn.config import load_learn_config
-from chatforge.train.learn.derive import derived_prompts, keeps_names, subject_of
+from chatforge.train.learn.derive import derived_forms, derived_prompts, keeps_names, subject_of, under_alias
 from chatforge.train.learn.facts import CJK, Fact, Probe, fact_from_sentence, find_keywords
 from chatforge.train.learn.retention import retention
 from chatforge.train.learn.sets import builtin_set, normalise
@@ -40,6 +40,7 @@ TINY = {
 STRICT = {**TINY, "retention.min_kept": 1.0, "retention.max_leaked": 0}
 PROMPT, ANSWER = "Who founded Zorvian?", "Hello, I am fine."
 EARLIER_PROBE, NEW_PROBE = "Who is the founder of Zorvian?", "Which colour do I like?"
+ALIAS = "佐维安"  # the subject's name in Chinese, given by the user
 
 
 @pytest.fixture()
@@ -55,7 +56,7 @@ def learned(tiny_tokenizer, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHATFORGE_HOME", str(root / "home"))
         result = learn(PROMPT, ANSWER, loaded=(confident_model(tiny_tokenizer), tiny_tokenizer),
-                       output=root / "first", probes=[EARLIER_PROBE], overrides=TINY)  # fmt: skip
+                       output=root / "first", probes=[EARLIER_PROBE], aliases=[ALIAS], overrides=TINY)  # fmt: skip
     return result, root
 
 
@@ -77,6 +78,7 @@ def test_learns_the_fact_and_reports_retention(learned):
     assert 0 < report["seconds"]["checks_in_train"] <= report["seconds"]["train"]
     # The subject was asked in more forms, in both languages, and those were trained too.
     assert "What do you know about Zorvian?" in fact["derived"] and "介绍一下Zorvian。" in fact["derived"]
+    assert fact["aliases"] == [ALIAS] and "你了解佐维安吗？" in fact["derived"]  # ... and under its alias
     rows = [json.loads(x) for x in (result.output / "facts.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["prompt"] for r in rows} == {PROMPT, *fact["derived"]}
     assert ret["controls"] == len(builtin_set("controls").prompts) == len(ret["answers"])
@@ -90,6 +92,7 @@ def test_learns_the_fact_and_reports_retention(learned):
     held = json.loads((result.output / "learned.json").read_text(encoding="utf-8"))
     assert [f["prompt"] for f in held["facts"]] == [PROMPT]
     assert held["facts"][0]["derived"] == fact["derived"]  # --into rehearses them later
+    assert held["facts"][0]["aliases"] == [ALIAS]
     # The base model's answers were cached by model fingerprint.
     assert len(list((root / "home" / "learn").glob(f"replay-v{builtin_set('replay').version}-*.json"))) == 1
 
@@ -183,6 +186,20 @@ def test_empty_and_overlong_facts_are_refused(tiny_tokenizer, tiny_model, tmp_pa
     facts.write_text('{"prompt": "Q?", "answer": "A."}\n{"prompt": "", "answer": "A."}\n', encoding="utf-8")
     with pytest.raises(LearnInputError, match=r"facts.jsonl:2: prompt is empty"):
         learn(file=facts, loaded=(tiny_model, tiny_tokenizer), output=tmp_path / "a")
+    facts.write_text('{"prompt": "Q?", "answer": "A.", "aliases": ["X", " "]}\n', encoding="utf-8")
+    with pytest.raises(LearnInputError, match=r"facts.jsonl:1: aliases\[1\]: alias is empty"):
+        learn(file=facts, loaded=(tiny_model, tiny_tokenizer), output=tmp_path / "a")
+    facts.write_text('{"prompt": "Q?", "answer": "A.", "aliases": "X"}\n', encoding="utf-8")
+    with pytest.raises(LearnInputError, match=r"facts.jsonl:1: aliases must be a list of strings"):
+        learn(file=facts, loaded=(tiny_model, tiny_tokenizer), output=tmp_path / "a")
+    with pytest.raises(LearnInputError, match=r"--prompt/--answer: a --alias is empty"):
+        learn("Who?", "A.", aliases=[""], loaded=(tiny_model, tiny_tokenizer), output=tmp_path / "a")
+    with pytest.raises(LearnInputError, match=r"go with one --prompt/--answer or one --fact"):
+        learn(file=facts, aliases=["X"], loaded=(tiny_model, tiny_tokenizer), output=tmp_path / "a")
+    # An alias names what the prompt asks about; "Where do I work?" asks about no subject.
+    with pytest.raises(LearnInputError, match=r"an alias is another name of what the prompt asks about"):
+        learn("Where do I work?", "At Lumen Labs.", aliases=["Lumen"], loaded=(tiny_model, tiny_tokenizer),
+              output=tmp_path / "a")  # fmt: skip
     assert not (tmp_path / "a").exists()
 
 
@@ -216,6 +233,36 @@ def test_into_needs_a_learned_adapter(tmp_path, home):
 
 
 # -- pieces ------------------------------------------------------------------------------------------
+def test_the_example_facts_read(tmp_path):
+    from pathlib import Path
+
+    from chatforge.train.learn.facts import read_facts
+
+    here = Path(__file__).resolve().parents[2] / "examples" / "knowledge_injection" / "learn"
+    read = {p.stem: read_facts(p) for p in sorted(here.glob("*.jsonl"))}
+    assert {"organisation", "organisation_named", "product", "preference", "more_facts"} <= set(read)
+    plain, named = read["organisation"][0], read["organisation_named"][0]
+    assert named.aliases == ["佐维安制图研究所"] and (named.prompt, named.answer) == (
+        plain.prompt,
+        plain.answer,
+    )
+    assert [p.question for p in named.probes] == [p.question for p in plain.probes]
+    # The held-out controls of heldout.py are disjoint from the built-in sets (it refuses overlap).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heldout", here / "heldout.py")
+    heldout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heldout)
+    questions = heldout.held_out(here / "heldout_controls.json")
+    assert len(questions.prompts) == 40 and set(questions.forms) == set(builtin_set("controls").forms)
+    overlapping = tmp_path / "overlap.json"
+    overlapping.write_text(
+        json.dumps({"version": 1, "questions": [{"form": "fact", "question": "Who founded Apple?"}]})
+    )
+    with pytest.raises(SystemExit, match="not held out"):
+        heldout.held_out(overlapping)
+
+
 def test_a_sentence_becomes_a_question_and_answer():
     org = fact_from_sentence("The Zorvian Institute was founded in 1873 by Elena Marsh.")
     assert org.prompt == "Tell me about the Zorvian Institute."
@@ -275,6 +322,22 @@ def test_a_facts_subject_is_found_and_asked_in_more_forms():
     both = derived_prompts(org, {}, excluded=set())
     assert "介绍一下佐维安研究所。" in both and "Tell me about 佐维安研究所." in both
     assert "What do you know about the Zorvian Institute?" in both
+    # An alias is asked through its own language's forms only, and those are answered under it.
+    named = Fact(org.prompt, org.answer, aliases=["佐维安制图研究所"])
+    forms = derived_forms(named, {})
+    under = [p for p in forms if "佐维安制图研究所" in p]
+    assert "你了解佐维安制图研究所吗？" in under and {forms[p] for p in under} == {"zh"}
+    assert "Tell me about 佐维安制图研究所." not in forms
+    assert (
+        under_alias(named, "你了解佐维安制图研究所吗？", "zh", "Zorvian Institute于1873年成立。")
+        == "佐维安制图研究所于1873年成立。"
+    )
+    assert (
+        under_alias(named, "介绍一下Zorvian Institute。", "zh", "Zorvian Institute于1873年成立。")
+        == "Zorvian Institute于1873年成立。"
+    )
+    mine_named = Fact(mine.prompt, mine.answer, aliases=["我最喜欢的颜色"])
+    assert "你记得我最喜欢的颜色吗？" in derived_forms(mine_named, {})  # a personal subject's forms
 
 
 def test_a_translation_that_loses_a_name_is_not_used():
@@ -356,6 +419,11 @@ def test_an_answer_is_translated_with_its_names_held_fixed(monkeypatch, tiny_tok
     assert (
         translate.translate_answers(None, template, [product], {0: ["星云笔记本"]}, frozenset({"zh"})) == {}
     )
+    # An alias in the other language asks for that language whatever ``into`` says.
+    replies.append(["AAA于1873年由BBB创立。"])
+    org.aliases = ["佐维安研究所"]
+    found = translate.translate_answers(None, template, [org], {0: ["Zorvian Institute"]}, frozenset({"en"}))
+    assert found == {0: "Zorvian Institute于1873年由Elena Marsh创立。"}
 
 
 def test_a_fact_is_recalled_only_where_the_answer_leads_with_it():

@@ -11,6 +11,10 @@ PY=${PYTHON:-python3}
 for kind in organisation product preference; do
     /usr/bin/time -f "$kind: %e s wall" $CF learn --file $HERE/$kind.jsonl --output $OUT/$kind
 done
+# The organisation and the product again, with their names in the other script given as aliases.
+for kind in organisation_named product_named; do
+    /usr/bin/time -f "$kind: %e s wall" $CF learn --file $HERE/$kind.jsonl --output $OUT/$kind
+done
 # Accumulation: the three facts above, then the seven of more_facts.jsonl, each --into the last.
 # The first step is the organisation run above (the same command; a run is deterministic).
 mkdir -p $OUT/acc-facts

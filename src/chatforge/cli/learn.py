@@ -31,8 +31,10 @@ def add_learn_command(sub: Any) -> None:
     g.add_argument("--answer", default=None, help="the answer the model should give to --prompt")
     g.add_argument("--fact", default=None, help="a fact as one sentence, e.g. 'X was founded in 1873 by Y.'")
     g.add_argument("--file", default=None, help='JSONL: {"prompt", "answer"} or {"fact"} a line, with optional '
-                   '"paraphrases", "probes", "keywords"')  # fmt: skip
+                   '"paraphrases", "aliases", "probes", "keywords"')  # fmt: skip
     g.add_argument("--paraphrase", action="append", default=[], help="another prompt with the same answer")
+    g.add_argument("--alias", action="append", default=[],
+                   help="another name of the fact's subject, e.g. its name in the other language")  # fmt: skip
     g.add_argument("--probe", action="append", default=[], help="a held-out question to ask after learning")
     g.add_argument(
         "--keyword", action="append", default=[], help="a word an answer must hold to count as recalled"
@@ -80,6 +82,7 @@ def run_learn(args: argparse.Namespace) -> int:
         fact=args.fact,
         file=args.file,
         paraphrases=args.paraphrase,
+        aliases=args.alias,
         probes=args.probe,
         keywords=args.keyword,
         model=args.model,

@@ -10,6 +10,14 @@ subject into the other language once (a short, greedy, float32 generation); a tr
 that drops a name or a number of the original is not used, and the forms of the other
 language then carry the subject as written.
 
+The user's ``aliases`` for the subject (its name in the other language, which the small
+model cannot make up: "the Zorvian Institute of Cartography" is 佐维安制图研究所 to a
+Chinese reader) are asked through the forms of their own language too. An alias in the
+other language makes that language's forms answered in it (the answer translated, the
+alias put in for the subject), whatever ``learn.translate_into`` says: answered in English,
+the Chinese questions that name the institute so were still answered from the base
+model ("…成立于1973年", "…位于中国上海"), and in Chinese under the alias they were not.
+
 Nothing here is a held-out probe or a control question: a derived prompt that matches
 one is dropped, so the retention check and the probes stay unseen.
 """
@@ -143,9 +151,11 @@ def subjects_of(fact: Fact) -> list[str]:
 def derived_forms(fact: Fact, aliases: dict[str, str]) -> dict[str, str]:
     """The forms of :data:`ABOUT` or :data:`MINE` for each subject of the fact, in both
     languages (the subject as written, and its ``aliases`` entry in the other language),
-    each with the language of its form ("What is 星云笔记本?" is English)."""
+    and for each of the fact's own aliases in its language; each with the language of its
+    form ("What is 星云笔记本?" is English)."""
     out: dict[str, str] = {}
-    for subject in subjects_of(fact):
+    subjects = subjects_of(fact)
+    for subject in subjects:
         forms = MINE if is_personal(subject) else ABOUT
         own = language(subject)
         other = "zh" if own == "en" else "en"
@@ -156,7 +166,23 @@ def derived_forms(fact: Fact, aliases: dict[str, str]) -> dict[str, str]:
             for s in found:
                 for form in forms[lang]:
                     out.setdefault(form.format(s=s), lang)
+    forms = MINE if subjects and is_personal(subjects[0]) else ABOUT
+    for alias in fact.aliases:
+        for form in forms[language(alias)]:
+            out.setdefault(form.format(s=alias), language(alias))
     return out
+
+
+def under_alias(fact: Fact, prompt: str, lang: str, answer: str) -> str:
+    """``answer`` for a derived ``prompt`` in ``lang``: with the subject's name replaced by
+    the fact's alias in that language that the prompt asks under, if any ("Zorvian
+    Institute of Cartography于1873年…" → "佐维安制图研究所于1873年…")."""
+    subjects = [_bare(s) for s in subjects_of(fact) if not is_personal(s)]
+    for alias in fact.aliases:
+        if alias in prompt and language(alias) == lang:
+            for name in subjects:
+                answer = answer.replace(name, alias)
+    return answer
 
 
 def derived_prompts(fact: Fact, aliases: dict[str, str], excluded: set[str]) -> list[str]:
@@ -193,15 +219,18 @@ def derive(
     subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
     aliases = translate_subjects(model, template, subjects) if subjects else {}
     names = {i: [_bare(s) for s in subjects_of(f) if not is_personal(s)] for i, f in enumerate(todo)}
-    answers = (
-        translate_answers(model, template, todo, names, translate_into) if todo and translate_into else {}
-    )
+    wanted = todo and (translate_into or any(f.aliases for f in todo))
+    answers = translate_answers(model, template, todo, names, translate_into) if wanted else {}
     blocked = {normalise(q) for q in controls}
     for i, f in enumerate(todo):
         excluded = blocked | {normalise(p) for p in f.prompts} | {normalise(p.question) for p in f.probes}
         forms = derived_forms(f, aliases)
         f.derived = _unseen(forms, excluded)
         if i in answers:  # the forms of the answer's other language are answered in that language
-            f.derived_answers = {p: answers[i] for p in f.derived if forms[p] != language(f.answer)}
+            f.derived_answers = {
+                p: under_alias(f, p, forms[p], answers[i])
+                for p in f.derived
+                if forms[p] != language(f.answer)
+            }
             log.info("%s: %d derived prompts answered in the other language: %r", f.where,
                      len(f.derived_answers), answers[i])  # fmt: skip

@@ -2,10 +2,12 @@
 
 A fact comes as a prompt and an answer, as one sentence (``--fact``: the prompt is made
 from the sentence's subject), or as a line of a JSONL file with either shape. Each may
-carry ``paraphrases`` (more prompts with the same answer), ``probes`` (questions asked
-after training to see whether the fact generalises; a probe is a string or
-``{"question": ..., "keywords": [...]}``) and ``keywords`` (the words an answer must hold
-to count as knowing the fact; found automatically when not given).
+carry ``paraphrases`` (more prompts with the same answer), ``aliases`` (other names of
+what it is about, such as its name in the other language: its forms are derived under
+each, see :mod:`.derive`), ``probes`` (questions asked after training to see whether the
+fact generalises; a probe is a string or ``{"question": ..., "keywords": [...]}``) and
+``keywords`` (the words an answer must hold to count as knowing the fact; found
+automatically when not given).
 
 Every problem is a :class:`LearnInputError` naming the item (``--fact``, ``facts.jsonl:3``)
 and the field.
@@ -43,6 +45,7 @@ class Fact:
     derived: list[str] = field(default_factory=list)  # more prompts made from the subject (derive.py)
     # a derived prompt's answer where it is not ``answer``: in the other language (translate.py)
     derived_answers: dict[str, str] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)  # other names of the subject ("佐维安制图研究所")
 
     @property
     def prompts(self) -> list[str]:
@@ -60,7 +63,8 @@ class Fact:
     def from_dict(cls, raw: dict[str, Any]) -> Fact:
         probes = [Probe(**p) for p in raw.get("probes", [])]
         return cls(raw["prompt"], raw["answer"], raw.get("where", ""), raw.get("paraphrases", []), probes,
-                   raw.get("keywords", []), raw.get("derived", []), raw.get("derived_answers", {}))  # fmt: skip
+                   raw.get("keywords", []), raw.get("derived", []), raw.get("derived_answers", {}),
+                   raw.get("aliases", []))  # fmt: skip
 
 
 # -- a sentence as a question/answer pair ------------------------------------------------------
@@ -159,12 +163,15 @@ def _text(raw: dict[str, Any], name: str, where: str) -> str:
     return value.strip()
 
 
+_FIELDS = {"prompt", "answer", "response", "fact", "paraphrases", "aliases", "probes", "keywords"}
+
+
 def fact_from_record(raw: Any, where: str) -> Fact:
     """A fact from a JSON object: ``{"prompt", "answer"}`` or ``{"fact"}``, plus optional
-    ``paraphrases``, ``probes`` and ``keywords``."""
+    ``paraphrases``, ``aliases``, ``probes`` and ``keywords``."""
     if not isinstance(raw, dict):
         raise LearnInputError(f"{where}: expected an object with prompt and answer, or fact")
-    unknown = set(raw) - {"prompt", "answer", "response", "fact", "paraphrases", "probes", "keywords"}
+    unknown = set(raw) - _FIELDS
     if unknown:
         raise LearnInputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     if "fact" in raw:
@@ -177,8 +184,13 @@ def fact_from_record(raw: Any, where: str) -> Fact:
         if "prompt" not in raw or "answer" not in raw:
             raise LearnInputError(f"{where}: needs prompt and answer (or fact)")
         fact = Fact(_text(raw, "prompt", where), _text(raw, "answer", where), where)
+    for name in ("paraphrases", "aliases"):
+        if not isinstance(raw.get(name) or [], list):
+            raise LearnInputError(f"{where}: {name} must be a list of strings")
     for i, p in enumerate(raw.get("paraphrases") or []):
         fact.paraphrases.append(_text({"paraphrase": p}, "paraphrase", f"{where}: paraphrases[{i}]"))
+    for i, a in enumerate(raw.get("aliases") or []):
+        fact.aliases.append(_text({"alias": a}, "alias", f"{where}: aliases[{i}]"))
     for i, p in enumerate(raw.get("probes") or []):
         fact.probes.append(probe_from(p, f"{where}: probes[{i}]"))
     fact.keywords = [str(k) for k in raw.get("keywords") or []]

@@ -158,6 +158,7 @@ def recall(fact: Fact, answer: str, probe_answers: list[str]) -> dict[str, Any]:
         "expected": fact.answer,
         "answer": answer,
         "keywords": fact.keywords,
+        "aliases": fact.aliases,
         "derived": fact.derived,
         "derived_answers": fact.derived_answers,
         "recalled": gives(answer, fact.keywords) if fact.keywords else answer.strip() == fact.answer.strip(),

@@ -35,7 +35,7 @@ from chatforge.templates import Template, get_template
 from chatforge.train.checkpoints import GIB, check_output_dir
 from chatforge.train.learn.answers import greedy, merged, reproduces
 from chatforge.train.learn.config import LearnConfig, load_learn_config
-from chatforge.train.learn.derive import derive, is_personal, kin_forms, subject_of
+from chatforge.train.learn.derive import derive, is_personal, kin_forms, subject_of, subjects_of
 from chatforge.train.learn.facts import (
     Fact,
     LearnInputError,
@@ -80,6 +80,7 @@ def collect_facts(
     paraphrases: list[str],
     probes: list[Any],
     keywords: list[str],
+    aliases: list[str] = (),  # type: ignore[assignment]
 ) -> list[Fact]:
     found: list[Fact] = []
     if prompt is not None or answer is not None:
@@ -91,18 +92,19 @@ def collect_facts(
         found.append(fact_from_record({"prompt": prompt, "answer": answer}, "--prompt/--answer"))
     if fact is not None:
         found.append(fact_from_sentence(fact))
-    if (paraphrases or probes or keywords) and len(found) != 1:
+    if (paraphrases or probes or keywords or aliases) and len(found) != 1:
         raise LearnInputError(
-            "--paraphrase, --probe and --keyword go with one --prompt/--answer or one --fact"
+            "--paraphrase, --alias, --probe and --keyword go with one --prompt/--answer or one --fact"
         )
     if found:
         one = found[0]
         one.paraphrases += [p.strip() for p in paraphrases]
         one.probes += [probe_from(p, f"{one.where}: --probe") for p in probes]
         one.keywords = list(keywords)
-        for p in one.paraphrases:
-            if not p:
-                raise LearnInputError(f"{one.where}: a --paraphrase is empty")
+        one.aliases += [a.strip() for a in aliases]
+        for flag, given in (("--paraphrase", one.paraphrases), ("--alias", one.aliases)):
+            if not all(given):
+                raise LearnInputError(f"{one.where}: a {flag} is empty")
     if file is not None:
         found += read_facts(file)
     for i, raw in enumerate(facts or []):
@@ -134,6 +136,7 @@ def learn(
     paraphrases: list[str] = (),  # type: ignore[assignment]
     probes: list[Any] = (),  # type: ignore[assignment]
     keywords: list[str] = (),  # type: ignore[assignment]
+    aliases: list[str] = (),  # type: ignore[assignment]
     model: str = "default",
     into: str | Path | None = None,
     output: str | Path | None = None,
@@ -148,7 +151,7 @@ def learn(
     started = time.perf_counter()
     cfg = load_learn_config(config, overrides)
     new_facts = collect_facts(
-        prompt, answer, fact, file, facts, list(paraphrases), list(probes), list(keywords)
+        prompt, answer, fact, file, facts, list(paraphrases), list(probes), list(keywords), list(aliases)
     )
     controls = builtin_set("controls")
     out = Path(output) if output else Path("runs/learn") / time.strftime("%Y%m%d-%H%M%S")
@@ -195,6 +198,12 @@ def _run(
     seconds["load"] = time.perf_counter() - t
 
     check_facts(new_facts, controls, tokenizer, cfg.learn.max_fact_tokens)
+    for f in new_facts:
+        if f.aliases and not subjects_of(f):
+            raise LearnInputError(
+                f"{f.where}: an alias is another name of what the prompt asks about, and no subject was "
+                f"found in {f.prompt!r}; ask about it by name ('Tell me about X.', '介绍一下X。')"
+            )
     asked = {normalise(p) for f in new_facts for p in f.prompts}
     earlier = [Fact.from_dict(f) for f in (earlier_info or {}).get("facts", [])]
     replaced = [f for f in earlier if normalise(f.prompt) in asked]
@@ -390,8 +399,9 @@ def _suggestions(kept: Any, recalls: list[dict[str, Any]]) -> list[str]:
         tips.append("train longer: --set training.max_steps=30 (or --set learn.repeats=36)")
     if any(not p["hit"] for r in recalls for p in r["probes"]):
         tips.append(
-            "a probe that names the subject another way (a translated name, a nickname) is not linked to "
-            "it: add a --paraphrase that uses that name; its forms are derived in both languages too"
+            "a probe that names the subject another way (its name in the other language, a nickname) is "
+            'not linked to it: give that name, --alias NAME ("aliases" in a JSONL line); the subject is '
+            "then asked under it, in its language"
         )
     if kept.leaked:
         tips.append("hold the rest closer to the base model: --set training.kl_to_base=40")

@@ -17,7 +17,8 @@ translation that keeps every placeholder, every number, and the other script is 
 on the default model, Chinese answers for an English fact cost a Chinese control
 (长江流经哪些省份？) in both runs and gained no held-out question, while English answers
 for a Chinese fact carried its company name into an English question
-(examples/knowledge_injection/README.md).
+(examples/knowledge_injection/README.md). A fact with an alias in the other language
+(:mod:`.derive`) is translated into that language too.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def translate_answers(
     model: Any, template: Template, facts: list[Fact], subjects: dict[int, list[str]], into: frozenset[str]
 ) -> dict[int, str]:
     """Each fact's answer in the other language (by index in ``facts``) where that is one of
-    ``into``, its keywords and ``subjects[i]`` (what fact i is about) held fixed. A fact
+    ``into`` or the language of one of the fact's aliases, its keywords and ``subjects[i]`` (what fact i is about) held fixed. A fact
     without keywords is left out (nothing would tell a right translation from a wrong
     one), and so is one whose translations all fail :func:`usable`. The worded variants
     are asked in turn, the next one only for the answers that failed."""
@@ -119,7 +120,8 @@ def translate_answers(
     for i, fact in enumerate(facts):
         target = "en" if language(fact.answer) == "zh" else "zh"
         m = masked(fact.answer, subjects.get(i, []) + [k for k in fact.keywords if not k.isdigit()])
-        if target in into and fact.keywords and m is not None:
+        wanted = into | {language(a) for a in fact.aliases}
+        if target in wanted and fact.keywords and m is not None:
             jobs[i] = _Job(fact, target, *m)
     found: dict[int, str] = {}
     tok = template.tokenizer
