@@ -219,8 +219,7 @@ def derive(
     subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
     aliases = translate_subjects(model, template, subjects) if subjects else {}
     names = {i: [_bare(s) for s in subjects_of(f) if not is_personal(s)] for i, f in enumerate(todo)}
-    wanted = todo and (translate_into or any(f.aliases for f in todo))
-    answers = translate_answers(model, template, todo, names, translate_into) if wanted else {}
+    answers = translate_answers(model, template, todo, names, translate_into) if todo else {}
     blocked = {normalise(q) for q in controls}
     for i, f in enumerate(todo):
         excluded = blocked | {normalise(p) for p in f.prompts} | {normalise(p.question) for p in f.probes}

@@ -109,6 +109,12 @@ def collect_facts(
         found += read_facts(file)
     for i, raw in enumerate(facts or []):
         found.append(fact_from_record(raw, f"facts[{i}]"))
+    for f in found:
+        if f.aliases and not subjects_of(f):
+            raise LearnInputError(
+                f"{f.where}: an alias is another name of what the prompt asks about, and no subject was "
+                f"found in {f.prompt!r}; ask about it by name ('Tell me about X.', '介绍一下X。')"
+            )
     return found
 
 
@@ -198,12 +204,6 @@ def _run(
     seconds["load"] = time.perf_counter() - t
 
     check_facts(new_facts, controls, tokenizer, cfg.learn.max_fact_tokens)
-    for f in new_facts:
-        if f.aliases and not subjects_of(f):
-            raise LearnInputError(
-                f"{f.where}: an alias is another name of what the prompt asks about, and no subject was "
-                f"found in {f.prompt!r}; ask about it by name ('Tell me about X.', '介绍一下X。')"
-            )
     asked = {normalise(p) for f in new_facts for p in f.prompts}
     earlier = [Fact.from_dict(f) for f in (earlier_info or {}).get("facts", [])]
     replaced = [f for f in earlier if normalise(f.prompt) in asked]

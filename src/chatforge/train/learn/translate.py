@@ -112,10 +112,11 @@ def translate_answers(
     model: Any, template: Template, facts: list[Fact], subjects: dict[int, list[str]], into: frozenset[str]
 ) -> dict[int, str]:
     """Each fact's answer in the other language (by index in ``facts``) where that is one of
-    ``into`` or the language of one of the fact's aliases, its keywords and ``subjects[i]`` (what fact i is about) held fixed. A fact
-    without keywords is left out (nothing would tell a right translation from a wrong
-    one), and so is one whose translations all fail :func:`usable`. The worded variants
-    are asked in turn, the next one only for the answers that failed."""
+    ``into`` or the language of one of the fact's aliases, its keywords and ``subjects[i]``
+    (what fact i is about) held fixed. A fact without keywords is left out (nothing would
+    tell a right translation from a wrong one), and so is one whose translations all fail
+    :func:`usable`. The worded variants are asked in turn, the next one only for the
+    answers that failed; nothing is asked when no fact needs a translation."""
     jobs: dict[int, _Job] = {}
     for i, fact in enumerate(facts):
         target = "en" if language(fact.answer) == "zh" else "zh"
