@@ -240,7 +240,14 @@ def test_the_example_facts_read(tmp_path):
 
     here = Path(__file__).resolve().parents[2] / "examples" / "knowledge_injection" / "learn"
     read = {p.stem: read_facts(p) for p in sorted(here.glob("*.jsonl"))}
-    assert {"organisation", "organisation_named", "product", "preference", "more_facts"} <= set(read)
+    assert {
+        "organisation",
+        "organisation_named",
+        "product",
+        "preference",
+        "more_facts",
+        "later_facts",
+    } <= set(read)
     plain, named = read["organisation"][0], read["organisation_named"][0]
     assert named.aliases == ["佐维安制图研究所"] and (named.prompt, named.answer) == (
         plain.prompt,
@@ -561,3 +568,11 @@ def test_the_replay_prompts_akin_to_the_fact_are_replayed_more(tmp_path):
 
     assert any("learn.kin_repeats=3" in t for t in _suggestions(lost("What is my favourite book?"), []))
     assert not any("learn.kin_repeats" in t for t in _suggestions(lost("Who founded Apple?"), []))
+    # An earlier fact lost in an --into run names its rehearsal; the new fact not learned, more steps.
+    kept = Retention(rows=[], passed=True)
+    old_lost = _suggestions(kept, [{"recalled": False, "probes": []}, {"recalled": True, "probes": []}], 1)
+    assert any("learn.earlier_repeats=24" in t for t in old_lost)
+    assert not any("training.max_steps" in t for t in old_lost)
+    new_lost = _suggestions(kept, [{"recalled": True, "probes": []}, {"recalled": False, "probes": []}], 1)
+    assert any("training.max_steps=30" in t for t in new_lost)
+    assert not any("earlier_repeats" in t for t in new_lost)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements in ../README.md ("chatforge learn"): three facts learned alone, then ten
+# The measurements in ../README.md ("chatforge learn"): three facts learned alone, then fifteen
 # learned one after another into one adapter. Results: $OUT/*/learn_report.json, and the
 # tables printed by summarise.py at the end.
 #   CHATFORGE=.venv/bin/chatforge OUT=runs/learn examples/knowledge_injection/learn/measure.sh
@@ -15,10 +15,11 @@ done
 for kind in organisation_named product_named; do
     /usr/bin/time -f "$kind: %e s wall" $CF learn --file $HERE/$kind.jsonl --output $OUT/$kind
 done
-# Accumulation: the three facts above, then the seven of more_facts.jsonl, each --into the last.
+# Accumulation: the three facts above, then the seven of more_facts.jsonl and the five of
+# later_facts.jsonl, each --into the last.
 # The first step is the organisation run above (the same command; a run is deterministic).
 mkdir -p $OUT/acc-facts
-cat $HERE/organisation.jsonl $HERE/product.jsonl $HERE/preference.jsonl $HERE/more_facts.jsonl \
+cat $HERE/organisation.jsonl $HERE/product.jsonl $HERE/preference.jsonl $HERE/more_facts.jsonl $HERE/later_facts.jsonl \
     | split -l 1 -d -a 2 --additional-suffix=.jsonl - $OUT/acc-facts/fact-
 [ -d $OUT/acc-fact-00 ] || cp -r $OUT/organisation $OUT/acc-fact-00
 prev=$OUT/acc-fact-00
