@@ -576,3 +576,53 @@ def test_the_replay_prompts_akin_to_the_fact_are_replayed_more(tmp_path):
     new_lost = _suggestions(kept, [{"recalled": True, "probes": []}, {"recalled": False, "probes": []}], 1)
     assert any("training.max_steps=30" in t for t in new_lost)
     assert not any("earlier_repeats" in t for t in new_lost)
+
+
+def test_an_invented_word_is_written_by_sound():
+    from chatforge.train.learn.transliterate import transliterate
+
+    # The usual conventions: r silent after a vowel before a consonant and in a final -er,
+    # -ia is 亚 but -ian is 安, a consonant without a vowel gets its own character.
+    words = ["Zorvian", "Marsh", "Veltmoor", "Carter", "Julian", "Victoria", "Quillhaven", "Harlow-9"]
+    assert [transliterate(w) for w in words] == ["佐维安", "马什", "韦尔特穆尔", "卡特", "朱利安", "维克托里亚",
+                                                 "奎尔哈文", "哈洛-9"]  # fmt: skip
+    assert all(CJK.search(transliterate(w)) for w in ["Xavier", "Tidewater", "Wrenfield", "Pelorus", "Ai"])
+
+
+def test_a_subject_the_model_cannot_translate_is_named_word_by_word(monkeypatch, tiny_tokenizer):
+    from chatforge.templates import get_template
+    from chatforge.train.learn import derive, naming
+    from chatforge.train.learn.answers import Answer
+
+    said = {"Zorvian": "Zorvian", "Cartography": "地图", "Quillhaven": "“Quillhaven”", "rocket": "火箭",
+            "Harlow": "Harlow", "Glimmer": "Glimmer", "gizmo": "A gizmo is a small device.",
+            "Silent": "沉默", "orchard": "果园"}  # fmt: skip
+    asked = []
+
+    def answers(model, template, asks, budget, chunk=8):
+        asked.extend(asks)
+        return [Answer(q, next(r for w, r in said.items() if f"“{w}”" in q or f'"{w}"' in q), []) for q in asks]
+
+    monkeypatch.setattr(naming, "greedy", answers)  # the model's one-word replies, fixed here
+    template = get_template("auto", tiny_tokenizer)
+    subjects = ["Zorvian Institute of Cartography", "mayor of Quillhaven", "Harlow-9 rocket", "Glimmer gizmo",
+                "Silent orchard"]  # fmt: skip
+    assert naming.chinese_names(None, template, subjects) == {
+        "Zorvian Institute of Cartography": "佐维安地图研究所",  # Institute from the head nouns
+        "mayor of Quillhaven": "奎尔哈文市长",
+        "Harlow-9 rocket": "哈洛-9火箭",
+    }  # "gizmo" has no one-word translation; "Silent orchard" has no invented word
+    assert not any("Institute" in q or "mayor" in q for q in asked)  # head nouns are not asked
+
+    # derive names only an English subject that was not translated and has no Chinese alias.
+    monkeypatch.setattr(derive, "chinese_names", lambda m, t, subjects: {s: f"<{s}>" for s in subjects})
+    org = Fact("Tell me about the Zorvian Institute.", "It was founded in 1873.")
+    named = Fact("Tell me about the Zorvian Museum.", "It opened in 1901.", aliases=["佐维安博物馆"])
+    translated = Fact("Tell me about the Harlow-9 rocket.", "It flew in 2034.")
+    mine = Fact("What is my cat's name?", "Biscuit.")
+    product = Fact("介绍一下星云笔记本。", "星云笔记本是电脑。")
+    derive._name_in_chinese(None, template, [org, named, translated, mine, product],
+                            {"the Harlow-9 rocket": "哈洛-9火箭"})  # fmt: skip
+    assert org.aliases == ["<Zorvian Institute>"] and named.aliases == ["佐维安博物馆"]
+    assert translated.aliases == mine.aliases == product.aliases == []
+    assert load_learn_config().learn.name_in_chinese is True

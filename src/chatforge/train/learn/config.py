@@ -30,6 +30,9 @@ class LearnOptions:
     # the languages whose derived prompts are answered in them (translate.py): "en", "zh",
     # "en,zh" or "none"; into English only by default (measured: see defaults.yaml)
     translate_into: str = "en"
+    # an English subject the base model cannot translate gets a Chinese name built word by
+    # word (naming.py: 佐维安地图研究所), used as a Chinese alias
+    name_in_chinese: bool = True
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
     replay_share: float = 0.55  # replay rows repeated until they are at least this share of the rows
     kin_repeats: int = 1  # copies of the personal replay prompts for a fact about the user (derive.kin_forms)

@@ -12,7 +12,9 @@ language then carry the subject as written.
 
 The user's ``aliases`` for the subject (its name in the other language, which the small
 model cannot make up: "the Zorvian Institute of Cartography" is 佐维安制图研究所 to a
-Chinese reader) are asked through the forms of their own language too. An alias in the
+Chinese reader) are asked through the forms of their own language too. Where the user
+gives none and the model's translation of an English subject is not used, a Chinese name
+built word by word (:mod:`.naming`: 佐维安地图研究所) is added as one. An alias in the
 other language makes that language's forms answered in it (the answer translated, the
 alias put in for the subject), whatever ``learn.translate_into`` says: answered in English,
 the Chinese questions that name the institute so were still answered from the base
@@ -32,6 +34,7 @@ from typing import Any
 from chatforge.templates import Template
 from chatforge.train.learn.answers import greedy
 from chatforge.train.learn.facts import CJK, Fact, language
+from chatforge.train.learn.naming import chinese_names
 from chatforge.train.learn.sets import normalise
 from chatforge.train.learn.translate import translate_answers
 
@@ -201,12 +204,29 @@ def _unseen(prompts: Iterable[str], excluded: set[str]) -> list[str]:
     return kept
 
 
+def _name_in_chinese(model: Any, template: Template, facts: list[Fact], translated: dict[str, str]) -> None:
+    """Give each fact about an English subject that was not translated, and that has no
+    Chinese alias yet, the Chinese name :func:`.naming.chinese_names` builds, as an alias."""
+    wanting = {
+        _bare(s): f
+        for f in facts
+        if not any(language(a) == "zh" for a in f.aliases)
+        for s in subjects_of(f)
+        if language(s) == "en" and not is_personal(s) and s not in translated
+    }
+    for subject, name in chinese_names(model, template, list(wanting)).items():
+        wanting[subject].aliases.append(name)
+        log.info("%s: %r named in Chinese %s (by sound and word; --alias gives your own)",
+                 wanting[subject].where, subject, name)  # fmt: skip
+
+
 def derive(
     model: Any,
     template: Template,
     facts: list[Fact],
     controls: list[str],
     translate_into: frozenset[str] = frozenset({"en"}),
+    name_in_chinese: bool = True,
 ) -> None:
     """Fill each fact's ``derived`` prompts, and, where the other language is in
     ``translate_into`` ({"en", "zh"}), the answers of those in that language (facts that
@@ -218,6 +238,8 @@ def derive(
             log.info("%s: no subject found in %r; learning it from its own prompts only", f.where, f.prompt)
     subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
     aliases = translate_subjects(model, template, subjects) if subjects else {}
+    if name_in_chinese:
+        _name_in_chinese(model, template, todo, aliases)
     names = {i: [_bare(s) for s in subjects_of(f) if not is_personal(s)] for i, f in enumerate(todo)}
     answers = translate_answers(model, template, todo, names, translate_into) if todo else {}
     blocked = {normalise(q) for q in controls}
