@@ -621,8 +621,38 @@ def test_a_subject_the_model_cannot_translate_is_named_word_by_word(monkeypatch,
     translated = Fact("Tell me about the Harlow-9 rocket.", "It flew in 2034.")
     mine = Fact("What is my cat's name?", "Biscuit.")
     product = Fact("介绍一下星云笔记本。", "星云笔记本是电脑。")
-    derive._name_in_chinese(None, template, [org, named, translated, mine, product],
-                            {"the Harlow-9 rocket": "哈洛-9火箭"})  # fmt: skip
+    derive._name(None, template, [org, named, translated, mine, product],
+                 {"the Harlow-9 rocket": "哈洛-9火箭"}, {"en"})  # fmt: skip
     assert org.aliases == ["<Zorvian Institute>"] and named.aliases == ["佐维安博物馆"]
     assert translated.aliases == mine.aliases == product.aliases == []
     assert load_learn_config().learn.name_in_chinese is True
+
+
+def test_a_chinese_subject_gets_its_pinyin_name(monkeypatch, tiny_tokenizer):
+    from chatforge.templates import get_template
+    from chatforge.train.learn import derive, naming
+    from chatforge.train.learn.answers import Answer
+
+    said = {"笔记本": "Notebook", "大学": "university", "咖啡": "A cup of coffee, hot."}
+
+    def answers(model, template, asks, budget, chunk=8):
+        return [Answer(q, next(r for w, r in said.items() if f"“{w}”" in q), []) for q in asks]
+
+    monkeypatch.setattr(naming, "greedy", answers)  # the model's one-word replies, fixed here
+    template = get_template("auto", tiny_tokenizer)
+    # The name in pinyin; a product's word in lower case, an institution's as part of the name.
+    assert naming.pinyin_names(None, template, ["星云笔记本", "墨河大学", "蓝鲸咖啡", "长城"]) == {
+        "星云笔记本": "Xingyun notebook",
+        "墨河大学": "Mohe University",
+    }  # 咖啡 has no one-word reply; 长城 is one word, no name and word to part
+
+    # derive names a Chinese subject unless the fact has an English alias already.
+    monkeypatch.setattr(derive, "pinyin_names", lambda m, t, subjects: {s: f"<{s}>" for s in subjects})
+    monkeypatch.setattr(derive, "chinese_names", lambda m, t, subjects: {})
+    product = Fact("介绍一下星云笔记本。", "星云笔记本是电脑。")
+    named = Fact("介绍一下蓝鲸咖啡。", "蓝鲸咖啡是咖啡。", aliases=["Blue Whale Coffee"])
+    derive._name(None, template, [product, named], {}, {"en", "zh"})
+    assert product.aliases == ["<星云笔记本>"] and named.aliases == ["Blue Whale Coffee"]
+    off = Fact("介绍一下星云笔记本。", "星云笔记本是电脑。")
+    derive._name(None, template, [off], {}, {"en"})  # learn.name_in_pinyin: false
+    assert off.aliases == [] and load_learn_config().learn.name_in_pinyin is True

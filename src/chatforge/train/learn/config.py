@@ -33,6 +33,8 @@ class LearnOptions:
     # an English subject the base model cannot translate gets a Chinese name built word by
     # word (naming.py: 佐维安地图研究所), used as a Chinese alias
     name_in_chinese: bool = True
+    # ... and a Chinese subject of a name and a word its English name (星云笔记本: "Xingyun notebook")
+    name_in_pinyin: bool = True
     replay_tokens: int = 48  # replayed answers: the base model's first N greedy tokens
     replay_share: float = 0.55  # replay rows repeated until they are at least this share of the rows
     kin_repeats: int = 1  # copies of the personal replay prompts for a fact about the user (derive.kin_forms)

@@ -34,7 +34,7 @@ from typing import Any
 from chatforge.templates import Template
 from chatforge.train.learn.answers import greedy
 from chatforge.train.learn.facts import CJK, Fact, language
-from chatforge.train.learn.naming import chinese_names
+from chatforge.train.learn.naming import chinese_names, pinyin_names
 from chatforge.train.learn.sets import normalise
 from chatforge.train.learn.translate import translate_answers
 
@@ -204,20 +204,24 @@ def _unseen(prompts: Iterable[str], excluded: set[str]) -> list[str]:
     return kept
 
 
-def _name_in_chinese(model: Any, template: Template, facts: list[Fact], translated: dict[str, str]) -> None:
-    """Give each fact about an English subject that was not translated, and that has no
-    Chinese alias yet, the Chinese name :func:`.naming.chinese_names` builds, as an alias."""
-    wanting = {
-        _bare(s): f
-        for f in facts
-        if not any(language(a) == "zh" for a in f.aliases)
-        for s in subjects_of(f)
-        if language(s) == "en" and not is_personal(s) and s not in translated
-    }
-    for subject, name in chinese_names(model, template, list(wanting)).items():
-        wanting[subject].aliases.append(name)
-        log.info("%s: %r named in Chinese %s (by sound and word; --alias gives your own)",
-                 wanting[subject].where, subject, name)  # fmt: skip
+def _name(model: Any, template: Template, facts: list[Fact], translated: dict[str, str], into: set[str]) -> None:
+    """Give each fact about a subject of a language in ``into`` ("en": an English subject the
+    model did not translate gets a Chinese name, :func:`.naming.chinese_names`; "zh": a
+    Chinese one gets its pinyin name, :func:`.naming.pinyin_names`), and that has no alias
+    in the other language yet, the name built, as an alias."""
+    builders = {"en": chinese_names, "zh": pinyin_names}
+    for lang in sorted(into):
+        wanting = {
+            _bare(s): f
+            for f in facts
+            if not any(language(a) != lang for a in f.aliases)
+            for s in subjects_of(f)
+            if language(s) == lang and not is_personal(s) and (lang == "zh" or s not in translated)
+        }
+        for subject, name in builders[lang](model, template, list(wanting)).items():
+            wanting[subject].aliases.append(name)
+            log.info("%s: %r named %s (by sound and word; --alias gives your own)",
+                     wanting[subject].where, subject, name)  # fmt: skip
 
 
 def derive(
@@ -227,6 +231,7 @@ def derive(
     controls: list[str],
     translate_into: frozenset[str] = frozenset({"en"}),
     name_in_chinese: bool = True,
+    name_in_pinyin: bool = True,
 ) -> None:
     """Fill each fact's ``derived`` prompts, and, where the other language is in
     ``translate_into`` ({"en", "zh"}), the answers of those in that language (facts that
@@ -238,8 +243,8 @@ def derive(
             log.info("%s: no subject found in %r; learning it from its own prompts only", f.where, f.prompt)
     subjects = list(dict.fromkeys(s for f in todo for s in subjects_of(f)))
     aliases = translate_subjects(model, template, subjects) if subjects else {}
-    if name_in_chinese:
-        _name_in_chinese(model, template, todo, aliases)
+    naming = {lang for lang, on in (("en", name_in_chinese), ("zh", name_in_pinyin)) if on}
+    _name(model, template, todo, aliases, naming)
     names = {i: [_bare(s) for s in subjects_of(f) if not is_personal(s)] for i, f in enumerate(todo)}
     answers = translate_answers(model, template, todo, names, translate_into) if todo else {}
     blocked = {normalise(q) for q in controls}

@@ -1,4 +1,4 @@
-"""A Chinese name for an English subject that the base model cannot translate.
+"""A subject's name in the other language, built where the base model cannot give it.
 
 A Chinese reader asks about "the Zorvian Institute of Cartography" as 佐维安制图研究所: the
 invented word written by its sound, the common words translated, the "of" part put
@@ -22,6 +22,10 @@ translate. The name is used as the fact's alias in Chinese (:mod:`.derive`), as 
 user gives with ``--alias`` is; measured on the organisation fact, a name built this way
 (佐维安地图研究所) links the Chinese probes as the exact one does
 (examples/knowledge_injection/README.md).
+
+The other way, a Chinese subject of a name and a common word (星云笔记本) is met in English
+under the name's pinyin ("the Xingyun notebook"), while the model translates it by meaning
+("Star Cloud Notebook"): :func:`pinyin_names` builds that one.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ HEADS = {
     "theatre": "剧院", "theater": "剧院", "park": "公园", "river": "河", "lake": "湖",
     "island": "岛", "city": "市", "town": "镇", "village": "村", "mayor": "市长",
 }  # fmt: skip
+# ... and back, the first English word of each, as part of a name (墨河大学: Mohe University).
+_HEADS_IN_ENGLISH = {zh: en.capitalize() for en, zh in reversed(HEADS.items()) if en != "mayor"}
 _SKIP = {"the", "a", "an"}
 _WORD = re.compile(r"[A-Za-z0-9][\w'-]*")
 _MAX_CHARS = 6  # a word's translation longer than this is a sentence, not a word
@@ -77,7 +83,7 @@ def chinese_names(model: Any, template: Template, subjects: list[str]) -> dict[s
     asks = [f"英文单词“{re.sub(r'[^A-Za-z]', '', w)}”的中文是什么？只回答中文词。" for w in invented]
     replies = greedy(model, template, asks, 8, chunk=16) if asks else []
     said = {w: _word_of(r.text) for w, r in zip(invented, replies, strict=True)}
-    names = {w for w in invented if not CJK.search(replies[invented.index(w)].text)}
+    names = {w for w, r in zip(invented, replies, strict=True) if not CJK.search(r.text)}
     common = sorted(w for w in words - names if w.casefold() not in HEADS and not w.isdigit() and not said.get(w))
     asks = [f'Translate the English word "{w}" into Chinese. Reply with the Chinese word only.' for w in common]
     replies = greedy(model, template, asks, 8, chunk=16) if asks else []
@@ -101,4 +107,31 @@ def chinese_names(model: Any, template: Template, subjects: list[str]) -> dict[s
         first = [c for w, c in zip(parts[0], in_chinese[0], strict=True) if w in names]
         rest = [c for w, c in zip(parts[0], in_chinese[0], strict=True) if w not in names]
         found[subject] = "".join(first + in_chinese[1] + rest) if of else "".join(in_chinese[0])
+    return found
+
+
+def pinyin_names(model: Any, template: Template, subjects: list[str]) -> dict[str, str]:
+    """An English name for each Chinese subject of a name and a common word, as an English
+    reader meets it: the name in pinyin, the word translated (星云笔记本 → "Xingyun
+    notebook", 墨河大学 → "Mohe University"). The model translates such a subject by
+    meaning ("Star Cloud Notebook"), which an English question that uses the pinyin does not
+    reach. Subjects that :mod:`jieba` does not cut into a name and a last word, and those
+    whose last word has no one-word translation, are left out."""
+    import jieba
+    from pypinyin import lazy_pinyin
+
+    cut = {s: jieba.lcut(s) for s in subjects}
+    cut = {s: w for s, w in cut.items() if len(w) >= 2 and all(CJK.match(c) for c in s)}
+    lasts = sorted({w[-1] for w in cut.values()})
+    asks = [f'把中文词“{w}”翻译成英文。只回答英文词。' for w in lasts]
+    replies = greedy(model, template, asks, 8, chunk=16) if asks else []
+    english = {}
+    for word, reply in zip(lasts, replies, strict=True):
+        text = reply.text.strip().strip("“”\"'。.")
+        if re.fullmatch(r"[A-Za-z]+(?: [A-Za-z]+)?", text):
+            english[word] = _HEADS_IN_ENGLISH.get(word, text.lower())  # Mohe University, Xingyun notebook
+    found = {}
+    for subject, words in cut.items():
+        if words[-1] in english:
+            found[subject] = f"{''.join(lazy_pinyin(''.join(words[:-1]))).capitalize()} {english[words[-1]]}"
     return found

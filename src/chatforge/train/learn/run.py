@@ -232,7 +232,8 @@ def _run(
 
         t = time.perf_counter()
         if cfg.learn.derive:
-            derive(model, template, new_facts, controls, cfg.learn.translate_targets, cfg.learn.name_in_chinese)
+            derive(model, template, new_facts, controls, cfg.learn.translate_targets, cfg.learn.name_in_chinese,
+                   cfg.learn.name_in_pinyin)  # fmt: skip
         seconds["derive"] = time.perf_counter() - t
     train_file, replay_file = _write_rows(staging, new_facts, earlier, replay, cfg)
     train_cfg = cfg.train_config(train_file, replay_file, staging / "train", "learn config", len(earlier))
