@@ -14,7 +14,8 @@ The user's ``aliases`` for the subject (its name in the other language, which th
 model cannot make up: "the Zorvian Institute of Cartography" is 佐维安制图研究所 to a
 Chinese reader) are asked through the forms of their own language too. Where the user
 gives none and the model's translation of an English subject is not used, a Chinese name
-built word by word (:mod:`.naming`: 佐维安地图研究所) is added as one. An alias in the
+built word by word (:mod:`.naming`: 佐维安地图研究所) is added as one, and a Chinese
+subject of a name and a word gets its pinyin name ("Xingyun notebook"). An alias in the
 other language makes that language's forms answered in it (the answer translated, the
 alias put in for the subject), whatever ``learn.translate_into`` says: answered in English,
 the Chinese questions that name the institute so were still answered from the base

@@ -63,7 +63,7 @@ _VOWEL_GROUPS = {
     "oo": "u", "ou": "u", "ue": "u", "ew": "u", "au": "o", "aw": "o", "ie": "i",
 }  # fmt: skip
 _CONSONANT_GROUPS = {"sch": "sh", "tch": "ch", "sh": "sh", "ch": "ch", "th": "th", "ph": "f",
-                     "ck": "k", "qu": "kw", "wh": "w", "wr": "r", "dg": "j", "ts": "ts", "tz": "ts", "x": "ks"}  # fmt: skip
+                     "ck": "k", "qu": "kw", "wh": "w", "wr": "r", "dg": "j", "ts": "ts", "tz": "ts"}  # fmt: skip
 _VOWELS = set("aeiou")
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -81,8 +81,7 @@ def _units(word: str) -> list[tuple[str, str]]:
                 out.append(("v", _VOWEL_GROUPS[piece]))
                 break
             if piece in _CONSONANT_GROUPS:
-                spelled = _CONSONANT_GROUPS[piece]
-                out += [("c", "k"), ("c", "s")] if spelled == "ks" else [("c", spelled)]
+                out.append(("c", _CONSONANT_GROUPS[piece]))
                 break
         else:
             size = 1
